@@ -1,0 +1,164 @@
+//! The connection budget: how many connections (each one thread and one fd) the process can
+//! hold before the kernel refuses a thread, a memory map or a file descriptor. Past it, the
+//! accept loop answers `503` at once instead of failing halfway.
+
+use std::fmt;
+
+/// Descriptors kept for the listener, Redis connections, stdio, `.env` and the like.
+const RESERVED_FDS: u64 = 64;
+/// Memory maps of the process itself: binary, libraries, heap arenas, the main thread.
+const RESERVED_MAPS: u64 = 1024;
+/// Each std thread maps about 4 regions: its stack, guard page, and their neighbours.
+const MAPS_PER_THREAD: u64 = 4;
+/// Threads besides the connection threads, plus room for other processes' ids.
+const RESERVED_THREADS: u64 = 64;
+
+/// The kernel limits that bound the number of connection threads; `None` when unknown.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SystemLimits {
+    /// `RLIMIT_NOFILE`, soft.
+    pub open_files: Option<u64>,
+    /// `vm.max_map_count`.
+    pub max_map_count: Option<u64>,
+    /// The least of `kernel.threads-max`, `kernel.pid_max`, the cgroup's `pids.max` and
+    /// `RLIMIT_NPROC`, with the name of the one that binds.
+    pub threads: Option<(u64, &'static str)>,
+}
+
+/// How many connections to serve at once, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Budget {
+    pub connections: usize,
+    /// What sets the number: a kernel limit, or the `MAX_CONNECTIONS` override.
+    pub bound_by: String,
+}
+
+impl fmt::Display for Budget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} connections (bound by {})",
+            self.connections, self.bound_by
+        )
+    }
+}
+
+impl SystemLimits {
+    /// Reads this process's limits from `/proc` and the cgroup file system.
+    pub fn read() -> SystemLimits {
+        let read = |path: &str| std::fs::read_to_string(path).ok();
+        let number = |path: &str| read(path).and_then(|s| s.trim().parse::<u64>().ok());
+        let limits = read("/proc/self/limits").unwrap_or_default();
+        let threads = [
+            (number("/proc/sys/kernel/threads-max"), "kernel.threads-max"),
+            (number("/proc/sys/kernel/pid_max"), "kernel.pid_max"),
+            (number("/sys/fs/cgroup/pids.max"), "the cgroup's pids.max"),
+            (soft_limit(&limits, "Max processes"), "RLIMIT_NPROC"),
+        ]
+        .into_iter()
+        .filter_map(|(n, name)| Some((n?, name)))
+        .min();
+        SystemLimits {
+            open_files: soft_limit(&limits, "Max open files"),
+            max_map_count: number("/proc/sys/vm/max_map_count"),
+            threads,
+        }
+    }
+
+    /// The most connections these limits allow, or `override_` if it is set.
+    pub fn budget(&self, override_: Option<usize>) -> Budget {
+        if let Some(n) = override_ {
+            return Budget {
+                connections: n,
+                bound_by: "MAX_CONNECTIONS".into(),
+            };
+        }
+        let candidates = [
+            self.open_files
+                .map(|n| (n.saturating_sub(RESERVED_FDS), format!("RLIMIT_NOFILE={n}"))),
+            self.max_map_count.map(|n| {
+                (
+                    n.saturating_sub(RESERVED_MAPS) / MAPS_PER_THREAD,
+                    format!("vm.max_map_count={n}"),
+                )
+            }),
+            self.threads
+                .map(|(n, name)| (n.saturating_sub(RESERVED_THREADS), format!("{name}={n}"))),
+        ];
+        let (connections, bound_by) = candidates
+            .into_iter()
+            .flatten()
+            .min_by_key(|(n, _)| *n)
+            .unwrap_or((10_000, "no known limit; a default".into()));
+        Budget {
+            connections: usize::try_from(connections.max(1)).unwrap_or(usize::MAX),
+            bound_by,
+        }
+    }
+}
+
+/// The soft column of a `/proc/self/limits` row; `None` for "unlimited" or a missing row.
+fn soft_limit(limits: &str, row: &str) -> Option<u64> {
+    let line = limits.lines().find(|l| l.starts_with(row))?;
+    line[row.len()..].split_whitespace().next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: &str = "\
+Limit                     Soft Limit           Hard Limit           Units
+Max processes             96365                96365                processes
+Max open files            20000                40000                files
+Max locked memory         unlimited            unlimited            bytes
+";
+
+    #[test]
+    fn soft_limits_are_read_from_proc_self_limits() {
+        assert_eq!(soft_limit(LIMITS, "Max open files"), Some(20000));
+        assert_eq!(soft_limit(LIMITS, "Max processes"), Some(96365));
+        assert_eq!(soft_limit(LIMITS, "Max locked memory"), None);
+        assert_eq!(soft_limit(LIMITS, "Max nothing"), None);
+    }
+
+    #[test]
+    fn the_tightest_limit_sets_the_budget_and_is_named() {
+        let limits = SystemLimits {
+            open_files: Some(20_000),
+            max_map_count: Some(65_530),
+            threads: Some((32_768, "kernel.pid_max")),
+        };
+        assert_eq!(
+            limits.budget(None),
+            Budget {
+                connections: (65_530 - 1024) / 4,
+                bound_by: "vm.max_map_count=65530".into()
+            }
+        );
+        let low_fds = SystemLimits {
+            open_files: Some(64 + 50),
+            ..limits.clone()
+        };
+        assert_eq!(low_fds.budget(None).connections, 50);
+        assert_eq!(low_fds.budget(None).bound_by, "RLIMIT_NOFILE=114");
+        assert_eq!(limits.budget(Some(7)).connections, 7);
+        assert_eq!(limits.budget(Some(7)).bound_by, "MAX_CONNECTIONS");
+    }
+
+    #[test]
+    fn a_budget_is_never_zero() {
+        let tiny = SystemLimits {
+            open_files: Some(10),
+            ..SystemLimits::default()
+        };
+        assert_eq!(tiny.budget(None).connections, 1);
+    }
+
+    #[test]
+    fn this_machine_has_readable_limits() {
+        let limits = SystemLimits::read();
+        assert!(limits.open_files.is_some(), "{limits:?}");
+        assert!(limits.budget(None).connections >= 1);
+    }
+}

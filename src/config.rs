@@ -1,0 +1,352 @@
+//! Configuration from environment variables, optionally from a `.env` file.
+//!
+//! A real environment variable wins over `.env`; a missing `.env` is fine; a malformed one,
+//! and every bad value, is a start-up error naming the variable, the value and what is expected.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use log::LevelFilter;
+
+/// Everything the service reads from its environment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Where to listen, as `host:port`; an empty host means all interfaces.
+    pub listen: Listen,
+    pub store: StoreConfig,
+    /// Prefix of every Redis key and channel, so heartbeat can share a Redis.
+    pub key_prefix: String,
+    /// Silence after which a stream gets a `:` comment line.
+    pub keepalive: Duration,
+    pub log_level: LevelFilter,
+    pub limits: Limits,
+    /// Connect, read and write timeout of every Redis connection.
+    pub redis_timeout: Duration,
+    /// Most Redis connections the ping path holds at once.
+    pub redis_pool_size: usize,
+    /// How long a write to a client may block before the client is dropped.
+    pub write_timeout: Duration,
+    /// How long a request head (and its body) may take to arrive once it has begun.
+    pub request_timeout: Duration,
+    /// How long an idle keep-alive connection is kept open.
+    pub idle_timeout: Duration,
+    /// Events buffered per subscriber; a subscriber this far behind is disconnected.
+    pub subscriber_queue: usize,
+    /// Most connections served at once; `None` computes it from the process limits.
+    pub max_connections: Option<usize>,
+}
+
+/// The `LISTEN` address, kept as text until bound so host names resolve at bind time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listen {
+    /// Empty for all interfaces.
+    pub host: String,
+    pub port: u16,
+}
+
+/// Which store backs the service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// In-process state for a single instance; lost on exit.
+    Memory,
+    /// A `redis://` URL.
+    Redis(String),
+}
+
+/// Size limits on what clients send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_id_bytes: usize,
+    pub max_status_bytes: usize,
+    pub max_body_bytes: usize,
+    pub max_head_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_id_bytes: 256,
+            max_status_bytes: 1024,
+            max_body_bytes: 4096,
+            max_head_bytes: 8192,
+        }
+    }
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ConfigError {
+    /// A variable has a value the service cannot use.
+    Invalid {
+        var: &'static str,
+        value: String,
+        expected: String,
+    },
+    /// `.env` exists but cannot be read or parsed.
+    DotEnv(String),
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Invalid {
+                var,
+                value,
+                expected,
+            } => write!(f, "invalid {var}={value:?}: expected {expected}"),
+            ConfigError::DotEnv(reason) => write!(f, "cannot load .env: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads the process environment over `.env` in the working directory.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        let dotenv = read_dotenv()?;
+        Config::from_lookup(|name| {
+            std::env::var(name)
+                .ok()
+                .or_else(|| dotenv.get(name).cloned())
+        })
+    }
+
+    /// Builds the configuration from `lookup`, which returns a variable's value if it is set.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let vars = Vars(&lookup);
+        let limits = Limits {
+            max_id_bytes: vars.number("MAX_ID_BYTES", 256, 1, 65_536)?,
+            max_status_bytes: vars.number("MAX_STATUS_BYTES", 1024, 1, 1 << 20)?,
+            max_body_bytes: vars.number("MAX_BODY_BYTES", 4096, 16, 1 << 20)?,
+            max_head_bytes: vars.number("MAX_HEAD_BYTES", 8192, 512, 1 << 20)?,
+        };
+        Ok(Config {
+            listen: vars.parse("LISTEN", ":8080", parse_listen, LISTEN_EXPECTED)?,
+            store: vars.parse("REDIS", ":6379", parse_store, REDIS_EXPECTED)?,
+            key_prefix: vars.parse("KEY_PREFIX", "heartbeat:", parse_prefix, PREFIX_EXPECTED)?,
+            keepalive: vars.seconds("KEEPALIVE_SECS", 25)?,
+            log_level: vars.parse("LOG_LEVEL", "info", parse_level, LEVEL_EXPECTED)?,
+            limits,
+            redis_timeout: Duration::from_millis(vars.number(
+                "REDIS_TIMEOUT_MS",
+                1000,
+                10,
+                60_000,
+            )?),
+            redis_pool_size: vars.number("REDIS_POOL_SIZE", 16, 1, 1024)?,
+            write_timeout: vars.seconds("WRITE_TIMEOUT_SECS", 10)?,
+            request_timeout: vars.seconds("REQUEST_TIMEOUT_SECS", 10)?,
+            idle_timeout: vars.seconds("IDLE_TIMEOUT_SECS", 120)?,
+            subscriber_queue: vars.number("SUBSCRIBER_QUEUE", 64, 1, 65_536)?,
+            max_connections: match lookup("MAX_CONNECTIONS") {
+                None => None,
+                Some(v) if v.is_empty() => None,
+                Some(_) => Some(vars.number("MAX_CONNECTIONS", 0, 1, 10_000_000)?),
+            },
+        })
+    }
+}
+
+const LISTEN_EXPECTED: &str = "host:port, :port or [v6]:port";
+const REDIS_EXPECTED: &str = "host:port, :port, redis://[user:pass@]host:port[/db] or memory";
+const PREFIX_EXPECTED: &str = "printable ASCII without spaces, at most 64 bytes";
+const LEVEL_EXPECTED: &str = "one of off, error, warn, info, debug, trace";
+
+/// Typed access to variables, each with its default and the error naming it.
+struct Vars<'a, F: Fn(&str) -> Option<String>>(&'a F);
+
+impl<F: Fn(&str) -> Option<String>> Vars<'_, F> {
+    fn parse<T>(
+        &self,
+        var: &'static str,
+        default: &str,
+        parse: impl Fn(&str) -> Option<T>,
+        expected: &'static str,
+    ) -> Result<T, ConfigError> {
+        let value = (self.0)(var).unwrap_or_else(|| default.to_owned());
+        parse(value.trim()).ok_or_else(|| ConfigError::Invalid {
+            var,
+            value,
+            expected: expected.to_owned(),
+        })
+    }
+
+    fn number<T: FromStr + PartialOrd + ToString>(
+        &self,
+        var: &'static str,
+        default: T,
+        min: T,
+        max: T,
+    ) -> Result<T, ConfigError> {
+        let Some(value) = (self.0)(var) else {
+            return Ok(default);
+        };
+        match value.trim().parse::<T>() {
+            Ok(n) if n >= min && n <= max => Ok(n),
+            _ => Err(ConfigError::Invalid {
+                var,
+                value,
+                expected: format!(
+                    "a whole number from {} to {}",
+                    min.to_string(),
+                    max.to_string()
+                ),
+            }),
+        }
+    }
+
+    fn seconds(&self, var: &'static str, default: u64) -> Result<Duration, ConfigError> {
+        self.number(var, default, 1, 86_400)
+            .map(Duration::from_secs)
+    }
+}
+
+fn read_dotenv() -> Result<HashMap<String, String>, ConfigError> {
+    let iter = match dotenvy::from_filename_iter(".env") {
+        Ok(iter) => iter,
+        Err(e) if e.not_found() => return Ok(HashMap::new()),
+        Err(e) => return Err(ConfigError::DotEnv(e.to_string())),
+    };
+    iter.map(|item| item.map_err(|e| ConfigError::DotEnv(e.to_string())))
+        .collect()
+}
+
+fn parse_listen(value: &str) -> Option<Listen> {
+    let (host, port) = value.rsplit_once(':')?;
+    let port = port.parse().ok()?;
+    let host = match host.strip_prefix('[') {
+        Some(v6) => {
+            let v6 = v6.strip_suffix(']')?;
+            v6.parse::<std::net::Ipv6Addr>().ok()?;
+            v6
+        }
+        None if host.contains(':') || host.contains(char::is_whitespace) => return None,
+        None => host,
+    };
+    Some(Listen {
+        host: host.to_owned(),
+        port,
+    })
+}
+
+fn parse_store(value: &str) -> Option<StoreConfig> {
+    if value == "memory" {
+        return Some(StoreConfig::Memory);
+    }
+    let url = if value.starts_with("redis://") {
+        value.to_owned()
+    } else {
+        let listen = parse_listen(value)?;
+        let host = match listen.host.as_str() {
+            "" => "127.0.0.1".to_owned(),
+            h if h.contains(':') => format!("[{h}]"),
+            h => h.to_owned(),
+        };
+        format!("redis://{host}:{}", listen.port)
+    };
+    // Let the redis crate reject what it could not connect to, now rather than later.
+    redis::Client::open(url.as_str()).ok()?;
+    Some(StoreConfig::Redis(url))
+}
+
+fn parse_prefix(value: &str) -> Option<String> {
+    let ok = value.len() <= 64 && value.bytes().all(|b| b.is_ascii_graphic());
+    ok.then(|| value.to_owned())
+}
+
+fn parse_level(value: &str) -> Option<LevelFilter> {
+    value.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let c = config(&[]).unwrap();
+        assert_eq!(
+            c.listen,
+            Listen {
+                host: String::new(),
+                port: 8080
+            }
+        );
+        assert_eq!(c.store, StoreConfig::Redis("redis://127.0.0.1:6379".into()));
+        assert_eq!(c.key_prefix, "heartbeat:");
+        assert_eq!(c.keepalive, Duration::from_secs(25));
+        assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.max_connections, None);
+    }
+
+    #[test]
+    fn listen_accepts_host_port_and_v6() {
+        let listen = |v: &str| config(&[("LISTEN", v)]).map(|c| c.listen);
+        assert_eq!(
+            listen("127.0.0.1:9000").unwrap(),
+            Listen {
+                host: "127.0.0.1".into(),
+                port: 9000
+            }
+        );
+        assert_eq!(listen("[::1]:80").unwrap().host, "::1");
+        assert_eq!(listen("localhost:1").unwrap().host, "localhost");
+        for bad in ["8080", ":http", "::1:80", "[nope]:80", ":70000", ""] {
+            let err = listen(bad).unwrap_err();
+            assert!(err.to_string().contains("LISTEN"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn redis_accepts_addresses_urls_and_memory() {
+        let store = |v: &str| config(&[("REDIS", v)]).map(|c| c.store);
+        let redis = |u: &str| StoreConfig::Redis(u.into());
+        assert_eq!(store(":7000").unwrap(), redis("redis://127.0.0.1:7000"));
+        assert_eq!(store("redis:6379").unwrap(), redis("redis://redis:6379"));
+        assert_eq!(store("[::1]:6379").unwrap(), redis("redis://[::1]:6379"));
+        assert_eq!(
+            store("redis://u:p@host:1/2").unwrap(),
+            redis("redis://u:p@host:1/2")
+        );
+        assert_eq!(store("memory").unwrap(), StoreConfig::Memory);
+        let err = store("redis").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!("invalid REDIS=\"redis\": expected {REDIS_EXPECTED}")
+        );
+    }
+
+    #[test]
+    fn numbers_are_range_checked_and_named() {
+        let err = config(&[("KEEPALIVE_SECS", "0")]).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "invalid KEEPALIVE_SECS=\"0\": expected a whole number from 1 to 86400"
+        );
+        let err = config(&[("MAX_BODY_BYTES", "4k")]).unwrap_err();
+        assert!(err.to_string().starts_with("invalid MAX_BODY_BYTES=\"4k\""));
+        let c = config(&[("MAX_CONNECTIONS", "100"), ("SUBSCRIBER_QUEUE", "8")]).unwrap();
+        assert_eq!(c.max_connections, Some(100));
+        assert_eq!(c.subscriber_queue, 8);
+    }
+
+    #[test]
+    fn prefix_and_level_are_validated() {
+        assert!(config(&[("KEY_PREFIX", "a b")]).is_err());
+        assert!(config(&[("LOG_LEVEL", "loud")]).is_err());
+        let c = config(&[("KEY_PREFIX", "hb{1}:"), ("LOG_LEVEL", "debug")]).unwrap();
+        assert_eq!(c.key_prefix, "hb{1}:");
+        assert_eq!(c.log_level, LevelFilter::Debug);
+    }
+}

@@ -1,0 +1,221 @@
+//! The hub: which local subscribers watch which user, and the fan-out of events to them.
+//!
+//! Publishing never blocks: each subscriber has a bounded channel, and a subscriber whose
+//! channel is full is dropped from the hub (its stream then ends and the client reconnects,
+//! getting the latest ping first) instead of holding memory or slowing anyone else.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use parking_lot::Mutex;
+
+use crate::ping::Event;
+
+/// Local subscribers by user.
+pub struct Hub {
+    inner: Mutex<Inner>,
+    /// Capacity of each subscriber's channel.
+    queue: usize,
+    dropped_slow: AtomicU64,
+}
+
+struct Inner {
+    next_id: u64,
+    users: HashMap<String, Vec<Slot>>,
+    /// Set by `close`: no new subscriber is registered after it.
+    closed: bool,
+}
+
+struct Slot {
+    id: u64,
+    events: Sender<Arc<Event>>,
+}
+
+/// One subscriber's registration. Events for its user arrive on `events`; the channel
+/// disconnects when the hub drops the subscriber (too slow) or closes. Dropping the
+/// subscription unregisters it.
+pub struct Subscription {
+    hub: Arc<Hub>,
+    user: String,
+    id: u64,
+    pub events: Receiver<Arc<Event>>,
+}
+
+impl Hub {
+    /// A hub whose subscribers may each fall `queue` events behind.
+    pub fn new(queue: usize) -> Arc<Hub> {
+        Arc::new(Hub {
+            inner: Mutex::new(Inner {
+                next_id: 0,
+                users: HashMap::new(),
+                closed: false,
+            }),
+            queue,
+            dropped_slow: AtomicU64::new(0),
+        })
+    }
+
+    /// Registers a subscriber of `user`. After `close`, the subscription's channel is
+    /// already disconnected.
+    pub fn subscribe(self: &Arc<Self>, user: &str) -> Subscription {
+        let (tx, rx) = crossbeam_channel::bounded(self.queue);
+        let mut inner = self.inner.lock();
+        let id = inner.next_id;
+        inner.next_id += 1;
+        if !inner.closed {
+            let slot = Slot { id, events: tx };
+            inner.users.entry(user.to_owned()).or_default().push(slot);
+        }
+        Subscription {
+            hub: Arc::clone(self),
+            user: user.to_owned(),
+            id,
+            events: rx,
+        }
+    }
+
+    /// Offers `event` to every local subscriber of `user` without blocking; a subscriber
+    /// whose channel is full is dropped. Returns how many subscribers took it.
+    pub fn publish(&self, user: &str, event: Arc<Event>) -> usize {
+        let mut inner = self.inner.lock();
+        let Some(slots) = inner.users.get_mut(user) else {
+            return 0;
+        };
+        let before = slots.len();
+        slots.retain(|slot| match slot.events.try_send(Arc::clone(&event)) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                log::warn!(
+                    "dropping a subscriber of {user:?}: {} events behind",
+                    self.queue
+                );
+                false
+            }
+            Err(TrySendError::Disconnected(_)) => false,
+        });
+        let delivered = slots.len();
+        if slots.is_empty() {
+            inner.users.remove(user);
+        }
+        self.dropped_slow
+            .fetch_add((before - delivered) as u64, Ordering::Relaxed);
+        delivered
+    }
+
+    /// The users that have at least one local subscriber.
+    pub fn users(&self) -> Vec<String> {
+        self.inner.lock().users.keys().cloned().collect()
+    }
+
+    /// How many subscribers are registered.
+    pub fn subscriber_count(&self) -> usize {
+        self.inner.lock().users.values().map(Vec::len).sum()
+    }
+
+    /// How many subscribers were dropped for falling behind.
+    pub fn dropped_slow(&self) -> u64 {
+        self.dropped_slow.load(Ordering::Relaxed)
+    }
+
+    /// Ends every subscription (their channels disconnect) and refuses new ones.
+    pub fn close(&self) {
+        let mut inner = self.inner.lock();
+        inner.closed = true;
+        inner.users.clear();
+    }
+
+    fn unsubscribe(&self, user: &str, id: u64) {
+        let mut inner = self.inner.lock();
+        if let Some(slots) = inner.users.get_mut(user) {
+            slots.retain(|slot| slot.id != id);
+            if slots.is_empty() {
+                inner.users.remove(user);
+            }
+        }
+    }
+}
+
+impl Subscription {
+    /// The user this subscription watches.
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.hub.unsubscribe(&self.user, self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crossbeam_channel::TryRecvError;
+
+    fn event(seq: u64) -> Arc<Event> {
+        Arc::new(Event {
+            seq,
+            data: format!("{{\"seq\":{seq}}}"),
+        })
+    }
+
+    fn seqs(sub: &Subscription) -> Vec<u64> {
+        sub.events.try_iter().map(|e| e.seq).collect()
+    }
+
+    #[test]
+    fn publish_reaches_every_subscriber_of_the_user_in_order_and_no_one_else() {
+        let hub = Hub::new(8);
+        let (a1, a2, b) = (hub.subscribe("a"), hub.subscribe("a"), hub.subscribe("b"));
+        for seq in 1..=3 {
+            assert_eq!(hub.publish("a", event(seq)), 2);
+        }
+        assert_eq!(seqs(&a1), [1, 2, 3]);
+        assert_eq!(seqs(&a2), [1, 2, 3]);
+        assert_eq!(seqs(&b), [] as [u64; 0]);
+        assert_eq!(hub.publish("nobody", event(1)), 0);
+    }
+
+    #[test]
+    fn a_full_subscriber_is_dropped_without_blocking_the_others() {
+        let hub = Hub::new(2);
+        let (slow, fast) = (hub.subscribe("u"), hub.subscribe("u"));
+        for seq in 1..=2 {
+            hub.publish("u", event(seq));
+        }
+        assert_eq!(seqs(&fast), [1, 2]);
+        assert_eq!(hub.publish("u", event(3)), 1, "the slow one is full");
+        assert_eq!(hub.dropped_slow(), 1);
+        assert_eq!(seqs(&fast), [3]);
+        // The slow one still gets what it had queued, then sees the disconnect.
+        assert_eq!(seqs(&slow), [1, 2]);
+        assert_eq!(slow.events.try_recv(), Err(TryRecvError::Disconnected));
+        assert_eq!(hub.subscriber_count(), 1);
+    }
+
+    #[test]
+    fn dropping_a_subscription_unregisters_it() {
+        let hub = Hub::new(2);
+        let a = hub.subscribe("u");
+        let b = hub.subscribe("u");
+        drop(a);
+        assert_eq!(hub.subscriber_count(), 1);
+        drop(b);
+        assert_eq!(hub.subscriber_count(), 0);
+        assert!(hub.users().is_empty());
+    }
+
+    #[test]
+    fn close_disconnects_everyone_and_refuses_newcomers() {
+        let hub = Hub::new(2);
+        let before = hub.subscribe("u");
+        hub.close();
+        assert_eq!(before.events.try_recv(), Err(TryRecvError::Disconnected));
+        let after = hub.subscribe("u");
+        assert_eq!(after.events.try_recv(), Err(TryRecvError::Disconnected));
+        assert_eq!(hub.publish("u", event(1)), 0);
+    }
+}

@@ -1,0 +1,201 @@
+//! heartbeat: a small presence service. Clients ping it with a status; it keeps each user's
+//! last ping in Redis (or in memory) and streams every new one, as Server-Sent Events, to
+//! everyone watching that user, on every instance sharing the store.
+//!
+//! Synchronous and thread-per-connection: an accept loop ([`server`]) gives each connection
+//! a thread that reads requests with our small HTTP layer ([`http`]), answers pings through
+//! the [`store`] and, for a subscribe, streams events from the [`hub`] ([`stream`]).
+
+#![forbid(unsafe_code)]
+
+pub mod budget;
+pub mod config;
+pub mod http;
+pub mod hub;
+pub mod ping;
+pub mod routes;
+pub mod server;
+pub mod store;
+pub mod stream;
+
+use std::fmt;
+use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
+use std::thread;
+use std::time::Instant;
+
+use crate::budget::SystemLimits;
+use crate::config::{Config, ConfigError, Listen, StoreConfig};
+use crate::http::Timeouts;
+use crate::hub::Hub;
+use crate::routes::Routes;
+use crate::server::{Server, Shared};
+use crate::store::{MemoryStore, RedisStore, Store, psubscribe};
+
+/// Why the service could not start.
+#[derive(Debug)]
+pub enum StartError {
+    Config(ConfigError),
+    /// The listening socket could not be bound.
+    Listen(String, std::io::Error),
+    /// A thread, the logger or the signal handler could not be set up.
+    Setup(String),
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::Config(e) => write!(f, "{e}"),
+            StartError::Listen(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
+            StartError::Setup(what) => write!(f, "cannot start: {what}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// Runs the service as configured by the environment until SIGTERM or SIGINT.
+pub fn run() -> Result<(), StartError> {
+    let started = Instant::now();
+    let config = Config::from_env().map_err(StartError::Config)?;
+    simple_logger::SimpleLogger::new()
+        .with_level(config.log_level)
+        .with_utc_timestamps()
+        .with_threads(true)
+        .init()
+        .map_err(|e| StartError::Setup(format!("logger: {e}")))?;
+
+    let hub = Hub::new(config.subscriber_queue);
+    // Dropping this sender (when `run` returns) stops the Redis subscription thread.
+    let (stop_feed, feed_stopped) = crossbeam_channel::bounded::<()>(0);
+    let (store, feed): (Arc<dyn Store>, _) = match &config.store {
+        StoreConfig::Memory => {
+            log::info!("store: in memory (one instance only; pings are lost on exit)");
+            (Arc::new(MemoryStore::new(Arc::clone(&hub))), None)
+        }
+        StoreConfig::Redis(url) => {
+            let store = RedisStore::new(
+                url,
+                &config.key_prefix,
+                config.redis_pool_size,
+                config.redis_timeout,
+            )
+            .map_err(|e| StartError::Setup(format!("redis client for {}: {e}", redact(url))))?;
+            let store = Arc::new(store);
+            let (handle, _state) =
+                psubscribe::spawn(Arc::clone(&store), Arc::clone(&hub), feed_stopped)
+                    .map_err(|e| StartError::Setup(format!("redis-psubscribe thread: {e}")))?;
+            log::info!(
+                "store: redis at {} with key prefix {:?}",
+                redact(url),
+                config.key_prefix
+            );
+            (store as Arc<dyn Store>, Some(handle))
+        }
+    };
+
+    let listener = bind(&config.listen)?;
+    let budget = SystemLimits::read().budget(config.max_connections);
+    let server = Server::new(
+        listener,
+        Shared {
+            routes: Routes::new(Arc::clone(&store), config.limits),
+            hub,
+            store,
+            limits: config.limits,
+            timeouts: Timeouts {
+                idle: config.idle_timeout,
+                request: config.request_timeout,
+            },
+            write_timeout: config.write_timeout,
+            keepalive: config.keepalive,
+            max_connections: budget.connections,
+        },
+    );
+    let addr = server
+        .local_addr()
+        .map_err(|e| StartError::Setup(format!("listening address: {e}")))?;
+    let (stop, stopped) = crossbeam_channel::bounded::<()>(1);
+    spawn_signal_thread(stop, addr)?;
+    log::info!(
+        "heartbeat {} listening on {addr}; budget {budget}; ready in {:?}",
+        env!("CARGO_PKG_VERSION"),
+        started.elapsed()
+    );
+
+    server.run(stopped);
+    drop(stop_feed);
+    if let Some(feed) = feed
+        && feed.join().is_err()
+    {
+        log::error!("the redis-psubscribe thread panicked");
+    }
+    log::info!("stopped");
+    Ok(())
+}
+
+/// Binds `LISTEN`. An empty host means all interfaces: IPv6 and IPv4 where the host has
+/// IPv6, IPv4 alone where it does not (as in some containers).
+fn bind(listen: &Listen) -> Result<TcpListener, StartError> {
+    let bind = |addr: String| TcpListener::bind(&addr).map_err(|e| StartError::Listen(addr, e));
+    match listen.host.as_str() {
+        "" => bind(format!("[::]:{}", listen.port))
+            .or_else(|_| bind(format!("0.0.0.0:{}", listen.port))),
+        host if host.contains(':') => bind(format!("[{host}]:{}", listen.port)),
+        host => bind(format!("{host}:{}", listen.port)),
+    }
+}
+
+/// Turns SIGTERM and SIGINT into a stop message for the accept loop, then wakes it.
+fn spawn_signal_thread(
+    stop: crossbeam_channel::Sender<()>,
+    addr: std::net::SocketAddr,
+) -> Result<(), StartError> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+        .map_err(|e| StartError::Setup(format!("signal handler: {e}")))?;
+    thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                log::info!("signal {signal} received: stopping");
+                let _ = stop.send(());
+                let mut wake = addr;
+                if wake.ip().is_unspecified() {
+                    wake.set_ip(match wake {
+                        std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                        std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+                    });
+                }
+                let _ = TcpStream::connect(wake);
+            }
+        })
+        .map(drop)
+        .map_err(|e| StartError::Setup(format!("signal thread: {e}")))
+}
+
+/// A Redis URL with its password hidden, for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_hidden_in_logged_urls() {
+        assert_eq!(redact("redis://u:secret@h:1/0"), "redis://u:***@h:1/0");
+        assert_eq!(redact("redis://:secret@h:1"), "redis://:***@h:1");
+        assert_eq!(redact("redis://h:1"), "redis://h:1");
+    }
+}

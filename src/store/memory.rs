@@ -1,0 +1,83 @@
+//! The in-process store behind `REDIS=memory`: one instance, state lost on exit.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use super::{Store, StoreError, next_seq};
+use crate::hub::Hub;
+use crate::ping::{Event, LastPing};
+
+/// Last pings in a map, delivered straight to the local hub.
+pub struct MemoryStore {
+    last: Mutex<HashMap<String, LastPing>>,
+    hub: Arc<Hub>,
+}
+
+impl MemoryStore {
+    pub fn new(hub: Arc<Hub>) -> MemoryStore {
+        MemoryStore {
+            last: Mutex::new(HashMap::new()),
+            hub,
+        }
+    }
+}
+
+impl Store for MemoryStore {
+    fn record(&self, user: &str, status: &str, now_micros: u64) -> Result<LastPing, StoreError> {
+        let mut last = self.last.lock();
+        let ping = LastPing {
+            seq: next_seq(last.get(user).map(|p| p.seq), now_micros),
+            time: now_micros / 1_000_000,
+            status: status.to_owned(),
+        };
+        // Publishing under the map's lock keeps each user's events in sequence order.
+        self.hub.publish(user, Arc::new(Event::from(&ping)));
+        last.insert(user.to_owned(), ping.clone());
+        Ok(ping)
+    }
+
+    fn last(&self, user: &str) -> Result<Option<LastPing>, StoreError> {
+        Ok(self.last.lock().get(user).cloned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_numbers_each_users_pings_and_delivers_them_in_order() {
+        let hub = Hub::new(16);
+        let store = MemoryStore::new(Arc::clone(&hub));
+        let watcher = hub.subscribe("alice");
+        assert_eq!(store.last("alice").unwrap(), None);
+
+        // The same microsecond thrice: sequence numbers still increase by one.
+        for (i, status) in ["0", "1", "2"].iter().enumerate() {
+            let ping = store.record("alice", status, 100_000_000).unwrap();
+            assert_eq!(ping.seq, 100_000_000 + i as u64);
+        }
+        assert_eq!(store.record("bob", "a", 5_000_000).unwrap().seq, 5_000_000);
+
+        let got: Vec<(u64, String)> = watcher
+            .events
+            .try_iter()
+            .map(|e| (e.seq, e.data.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (100_000_000, r#"{"time":100,"status":"0"}"#.to_owned()),
+                (100_000_001, r#"{"time":100,"status":"1"}"#.to_owned()),
+                (100_000_002, r#"{"time":100,"status":"2"}"#.to_owned()),
+            ]
+        );
+        let last = store.last("alice").unwrap().unwrap();
+        assert_eq!(
+            (last.seq, last.time, last.status.as_str()),
+            (100_000_002, 100, "2")
+        );
+    }
+}

@@ -1,0 +1,71 @@
+//! Where last pings live and how they reach subscribers: one small trait, two implementations.
+//!
+//! [`MemoryStore`] keeps state in the process and delivers to its hub directly. [`RedisStore`]
+//! keeps state in Redis and publishes; the `redis-psubscribe` thread ([`psubscribe`]) brings
+//! every instance's pings back into that instance's hub. Either way, delivery goes through
+//! the same [`Hub`](crate::hub::Hub).
+
+mod memory;
+pub mod psubscribe;
+mod redis;
+
+use std::fmt;
+
+pub use self::memory::MemoryStore;
+pub use self::redis::{Keys, RedisStore};
+
+use crate::ping::LastPing;
+
+/// The last ping of each user, shared by every instance on the same store.
+pub trait Store: Send + Sync {
+    /// Makes `status`, received at `now_micros` (UTC epoch microseconds), the user's last
+    /// ping, with a sequence number from [`next_seq`], and delivers it to every subscriber of
+    /// the user on every instance. Storing and delivering are one atomic step: on error, the
+    /// ping was neither stored nor delivered.
+    fn record(&self, user: &str, status: &str, now_micros: u64) -> Result<LastPing, StoreError>;
+
+    /// The user's last ping, if the user ever pinged.
+    fn last(&self, user: &str) -> Result<Option<LastPing>, StoreError>;
+}
+
+/// The sequence number of a user's next ping: one past the stored one, but never below the
+/// clock in microseconds. Numbers thus increase with every ping, and keep increasing after a
+/// store that lost its data (a Redis restarted without persistence) starts over, so open
+/// streams, which skip anything not newer than what they sent, do not ignore new pings.
+pub fn next_seq(stored: Option<u64>, now_micros: u64) -> u64 {
+    stored.map_or(0, |s| s + 1).max(now_micros)
+}
+
+/// The store could not do what was asked; the client may retry (`503`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    /// Redis did not answer, or answered with an error.
+    Unavailable(String),
+    /// Every pooled Redis connection stayed busy for the whole timeout.
+    Busy,
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Unavailable(reason) => write!(f, "store unavailable: {reason}"),
+            StoreError::Busy => f.write_str("store busy: no Redis connection free in time"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequence_numbers_increase_and_survive_a_store_that_starts_over() {
+        assert_eq!(next_seq(None, 1_000), 1_000);
+        assert_eq!(next_seq(Some(1_000), 1_000), 1_001, "same microsecond");
+        assert_eq!(next_seq(Some(5_000), 1_000), 5_001, "a clock behind");
+        // Data lost: no stored seq, yet the next one is above anything sent before.
+        assert!(next_seq(None, 2_000) > next_seq(Some(1_000), 1_500));
+    }
+}

@@ -1,0 +1,193 @@
+//! The `redis-psubscribe` thread: one `PSUBSCRIBE` per process, fanning every user's pings
+//! out to the local hub.
+//!
+//! It notices a dead or frozen connection by itself (a read timeout, and a `PING` whenever
+//! the connection has been quiet), reconnects with capped exponential backoff and jitter, and
+//! after every (re)subscription hands the hub the stored last ping of each user that has local
+//! subscribers, so a ping published while the subscription was down is not lost. Subscribers
+//! discard what they already have by sequence number.
+
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use super::redis::parse_message;
+use super::{RedisStore, StoreError};
+use crate::hub::Hub;
+use crate::ping::Event;
+use crossbeam_channel::{Receiver, TryRecvError};
+
+/// First and longest wait between reconnection attempts.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Users per resync round trip, so a huge hub does not make one huge pipeline.
+const RESYNC_BATCH: usize = 500;
+
+/// Whether the subscription is up, for health checks.
+#[derive(Clone, Default)]
+pub struct SubscriptionState(Arc<AtomicBool>);
+
+impl SubscriptionState {
+    pub fn is_up(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Starts the thread. It runs until `shutdown` receives a message or is dropped.
+pub fn spawn(
+    store: Arc<RedisStore>,
+    hub: Arc<Hub>,
+    shutdown: Receiver<()>,
+) -> std::io::Result<(JoinHandle<()>, SubscriptionState)> {
+    let state = SubscriptionState::default();
+    let feed = Feed {
+        store,
+        hub,
+        shutdown,
+        state: state.clone(),
+    };
+    let handle = thread::Builder::new()
+        .name("redis-psubscribe".into())
+        .spawn(move || feed.run())?;
+    Ok((handle, state))
+}
+
+struct Feed {
+    store: Arc<RedisStore>,
+    hub: Arc<Hub>,
+    shutdown: Receiver<()>,
+    state: SubscriptionState,
+}
+
+/// How a subscription session ended.
+enum End {
+    Shutdown,
+    Lost(String),
+}
+
+impl Feed {
+    fn run(self) {
+        let mut backoff = BACKOFF_MIN;
+        let mut reported_down = false;
+        loop {
+            let error = match self.session(&mut backoff) {
+                End::Shutdown => break,
+                End::Lost(error) => error,
+            };
+            let was_up = self.state.0.swap(false, Ordering::Relaxed);
+            if was_up || !reported_down {
+                log::warn!("redis subscription down: {error}; reconnecting");
+                reported_down = true;
+            } else {
+                log::debug!("redis subscription still down: {error}");
+            }
+            // The wait is also the shutdown check: a message or a dropped sender ends it.
+            let wait = jitter(backoff);
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+            if !matches!(
+                self.shutdown.recv_timeout(wait),
+                Err(crossbeam_channel::RecvTimeoutError::Timeout)
+            ) {
+                break;
+            }
+        }
+        self.state.0.store(false, Ordering::Relaxed);
+        log::debug!("redis subscription stopped");
+    }
+
+    /// Subscribes and delivers until the connection fails or shutdown is asked.
+    fn session(&self, backoff: &mut Duration) -> End {
+        let mut con = match self.store.connect() {
+            Ok(con) => con,
+            Err(e) => return End::Lost(e.to_string()),
+        };
+        let pattern = self.store.keys().pattern();
+        let mut pubsub = con.as_pubsub();
+        if let Err(e) = pubsub.psubscribe(&pattern) {
+            return End::Lost(e.to_string());
+        }
+        log::info!("redis subscription up: PSUBSCRIBE {pattern}");
+        self.state.0.store(true, Ordering::Relaxed);
+        *backoff = BACKOFF_MIN;
+        if let Err(e) = self.resync() {
+            return End::Lost(format!("resync after subscribing failed: {e}"));
+        }
+
+        // The connection's read timeout is the tick: every quiet tick, check for shutdown
+        // and PING; a PING that gets no answer within the timeout means the link is dead.
+        loop {
+            match self.shutdown.try_recv() {
+                Err(TryRecvError::Empty) => {}
+                _ => return End::Shutdown,
+            }
+            match pubsub.get_message() {
+                Ok(msg) => self.deliver(msg.get_channel_name(), msg.get_payload_bytes()),
+                Err(e) if e.is_timeout() => {
+                    if let Err(e) = pubsub.ping::<redis::Value>() {
+                        return End::Lost(format!("no answer to PING: {e}"));
+                    }
+                }
+                Err(e) => return End::Lost(e.to_string()),
+            }
+        }
+    }
+
+    fn deliver(&self, channel: &str, payload: &[u8]) {
+        let Some(user) = self.store.keys().user_of_channel(channel) else {
+            return;
+        };
+        match std::str::from_utf8(payload).ok().and_then(parse_message) {
+            Some(ping) => {
+                self.hub.publish(user, Arc::new(Event::from(&ping)));
+            }
+            None => log::warn!("ignoring a malformed message on {channel:?}"),
+        }
+    }
+
+    /// Hands the hub the stored last ping of every user with local subscribers.
+    fn resync(&self) -> Result<(), StoreError> {
+        let started = Instant::now();
+        let users = self.hub.users();
+        let mut delivered = 0;
+        for batch in users.chunks(RESYNC_BATCH) {
+            for (user, ping) in self.store.last_many(batch)? {
+                self.hub.publish(&user, Arc::new(Event::from(&ping)));
+                delivered += 1;
+            }
+        }
+        if !users.is_empty() {
+            log::info!(
+                "resynced the last pings of {delivered} of {} watched users in {:?}",
+                users.len(),
+                started.elapsed()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// `base` scaled by a random factor in [0.5, 1.0), so instances do not reconnect in step.
+fn jitter(base: Duration) -> Duration {
+    let random = RandomState::new().hash_one(Instant::now());
+    base.mul_f64(0.5 + (random % 1000) as f64 / 2000.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_half_and_all_of_the_base() {
+        for _ in 0..100 {
+            let d = jitter(Duration::from_secs(2));
+            assert!(
+                d >= Duration::from_secs(1) && d < Duration::from_secs(2),
+                "{d:?}"
+            );
+        }
+    }
+}
