@@ -1,0 +1,16 @@
+# A static musl binary in an empty image. musl, not a static glibc, so that host names such
+# as "redis" resolve inside a scratch image.
+FROM rust:1-alpine AS build
+RUN apk add --no-cache musl-dev
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+RUN cargo build --release --locked
+
+FROM scratch
+COPY --from=build /src/target/release/heartbeat /heartbeat
+COPY .env /.env
+WORKDIR /
+USER 10001:10001
+EXPOSE 8080
+ENTRYPOINT ["/heartbeat"]
