@@ -5,10 +5,11 @@
 //! the sequence number, stores the ping and publishes it, so a ping is stored and published
 //! in one round trip or not at all.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use redis::{Client, Connection, ConnectionLike, RedisError, Script};
+use parking_lot::Mutex;
+use redis::{Client, Connection, ConnectionLike, IntoConnectionInfo, RedisError, Script};
 
 use super::{Store, StoreError};
 use crate::ping::LastPing;
@@ -27,7 +28,6 @@ return seq
 
 /// Last pings in Redis, shared by every instance on the same Redis and prefix.
 pub struct RedisStore {
-    client: Client,
     keys: Keys,
     pool: Pool,
     record: Script,
@@ -95,10 +95,8 @@ impl RedisStore {
         pool_size: usize,
         timeout: Duration,
     ) -> Result<RedisStore, RedisError> {
-        let client = Client::open(url)?;
         Ok(RedisStore {
-            pool: Pool::new(client.clone(), pool_size, timeout),
-            client,
+            pool: Pool::new(Connector::new(url)?, pool_size, timeout),
             keys: Keys::new(prefix),
             record: Script::new(RECORD_SCRIPT),
             timeout,
@@ -109,9 +107,10 @@ impl RedisStore {
         &self.keys
     }
 
-    /// A new connection with this store's timeouts, outside the pool.
+    /// A new connection outside the pool, made within the Redis timeout, which is also its
+    /// read and write timeout.
     pub fn connect(&self) -> Result<Connection, RedisError> {
-        connect(&self.client, self.timeout)
+        self.pool.connector.connect(self.timeout)
     }
 
     /// The last pings of `users` that have one, in one round trip.
@@ -169,73 +168,134 @@ impl Store for RedisStore {
     }
 }
 
-fn connect(client: &Client, timeout: Duration) -> Result<Connection, RedisError> {
-    let con = client.get_connection_with_timeout(timeout)?;
-    con.set_read_timeout(Some(timeout))?;
-    con.set_write_timeout(Some(timeout))?;
-    Ok(con)
+/// How to reach Redis within a time budget.
+struct Connector {
+    client: Client,
+    /// Replies the redis crate waits for while setting a connection up (`AUTH`, `SELECT`).
+    setup_replies: u32,
 }
 
-/// At most `size` Redis connections, made on demand and dropped when they fail.
+impl Connector {
+    /// A connector for `url`. The crate's `CLIENT SETINFO` is skipped: it costs a round trip
+    /// per connection and Redis before 7.2 refuses it anyway.
+    fn new(url: &str) -> Result<Connector, RedisError> {
+        let info = url.into_connection_info()?;
+        let settings = info.redis_settings().clone().set_skip_set_lib_name();
+        let setup_replies =
+            u32::from(settings.password().is_some()) + u32::from(settings.db() != 0);
+        Ok(Connector {
+            client: Client::open(info.set_redis_settings(settings))?,
+            setup_replies,
+        })
+    }
+
+    /// Connects within `budget`, leaving the connection with `budget` as its read and write
+    /// timeout. The crate applies its timeout to the TCP connect and again to each setup reply,
+    /// so the budget is shared out among them.
+    fn connect(&self, budget: Duration) -> Result<Connection, RedisError> {
+        let con = self
+            .client
+            .get_connection_with_timeout(budget / (self.setup_replies + 1))?;
+        con.set_read_timeout(Some(budget))?;
+        con.set_write_timeout(Some(budget))?;
+        Ok(con)
+    }
+}
+
+/// At most `size` Redis connections, made on demand, reused most recent first, and dropped
+/// when they fail.
 ///
-/// The channel holds one slot per allowed connection: `Some` an idle connection, `None` the
-/// right to open one. Taking a slot waits at most the Redis timeout, so a ping never queues
-/// longer than that behind other pings.
+/// Each call runs under one deadline, the Redis timeout: waiting for a free connection,
+/// connecting and the command itself all come out of it, so a ping is answered within about
+/// that time even when Redis is frozen.
 struct Pool {
-    client: Client,
+    connector: Connector,
     timeout: Duration,
-    give_back: Sender<Option<Connection>>,
-    take: Receiver<Option<Connection>>,
+    idle: Mutex<Vec<Connection>>,
+    /// One token per connection that may exist; holding one is the right to use one.
+    give_back: Sender<()>,
+    take: Receiver<()>,
 }
 
 impl Pool {
-    fn new(client: Client, size: usize, timeout: Duration) -> Pool {
+    fn new(connector: Connector, size: usize, timeout: Duration) -> Pool {
         let (give_back, take) = crossbeam_channel::bounded(size);
         for _ in 0..size {
-            give_back.send(None).expect("the pool holds its receiver");
+            give_back.send(()).expect("the pool holds its receiver");
         }
         Pool {
-            client,
+            connector,
             timeout,
+            idle: Mutex::new(Vec::with_capacity(size)),
             give_back,
             take,
         }
     }
 
     /// Runs `f` on a pooled connection. A connection that failed is dropped, not reused.
+    ///
+    /// An idle connection whose server has gone (Redis restarted) fails at once; then every
+    /// idle connection, being as stale, is dropped and `f` runs once more on a new one, so a
+    /// restart costs clients nothing. A timeout is not retried.
     fn with<T>(
         &self,
-        f: impl FnOnce(&mut Connection) -> Result<T, RedisError>,
+        mut f: impl FnMut(&mut Connection) -> Result<T, RedisError>,
     ) -> Result<T, StoreError> {
-        let slot = self
-            .take
+        let deadline = Instant::now() + self.timeout;
+        self.take
             .recv_timeout(self.timeout)
             .map_err(|_| StoreError::Busy)?;
-        // Whatever happens below, the slot goes back; only a healthy connection goes with it.
-        let mut slot = Slot {
-            pool: self,
-            con: slot.filter(|con| con.is_open()),
+        let _token = Token(&self.give_back);
+        let pooled = self.idle.lock().pop().filter(|con| con.is_open());
+        let result = match pooled {
+            Some(mut con) => {
+                let left = left_until(deadline).map_err(unavailable)?;
+                con.set_read_timeout(Some(left)).map_err(unavailable)?;
+                con.set_write_timeout(Some(left)).map_err(unavailable)?;
+                match f(&mut con) {
+                    Err(e) if e.is_connection_dropped() => {
+                        log::debug!("a pooled Redis connection was dropped ({e}); reconnecting");
+                        self.idle.lock().clear();
+                        self.fresh(deadline, f)
+                    }
+                    other => other.map(|value| (value, con)),
+                }
+            }
+            None => self.fresh(deadline, f),
         };
-        let mut con = match slot.con.take() {
-            Some(con) => con,
-            None => connect(&self.client, self.timeout).map_err(unavailable)?,
-        };
-        let result = f(&mut con).map_err(unavailable)?;
-        slot.con = Some(con);
-        Ok(result)
+        let (value, con) = result.map_err(unavailable)?;
+        self.idle.lock().push(con);
+        Ok(value)
+    }
+
+    fn fresh<T>(
+        &self,
+        deadline: Instant,
+        mut f: impl FnMut(&mut Connection) -> Result<T, RedisError>,
+    ) -> Result<(T, Connection), RedisError> {
+        let mut con = self.connector.connect(left_until(deadline)?)?;
+        Ok((f(&mut con)?, con))
     }
 }
 
-struct Slot<'a> {
-    pool: &'a Pool,
-    con: Option<Connection>,
-}
+/// Gives a pool token back when dropped, however the call ended.
+struct Token<'a>(&'a Sender<()>);
 
-impl Drop for Slot<'_> {
+impl Drop for Token<'_> {
     fn drop(&mut self) {
-        // Cannot fail: the pool owns the receiver, and there is room for every slot.
-        let _ = self.pool.give_back.try_send(self.con.take());
+        // Cannot fail: the pool owns the receiver, and there is room for every token.
+        let _ = self.0.try_send(());
     }
+}
+
+/// Time left before `deadline`, or a timeout error once it has passed.
+fn left_until(deadline: Instant) -> Result<Duration, RedisError> {
+    deadline
+        .checked_duration_since(Instant::now())
+        .filter(|left| *left >= Duration::from_millis(1))
+        .ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "Redis did not answer in time").into()
+        })
 }
 
 fn unavailable(error: RedisError) -> StoreError {
