@@ -4,8 +4,9 @@
 
 use std::fmt;
 
-/// Descriptors kept for the listener, Redis connections, stdio, `.env` and the like.
-const RESERVED_FDS: u64 = 64;
+/// Descriptors kept, besides the Redis pool's, for stdio, the listener, the Redis
+/// subscription, the signal pipe, `.env` and `/proc` reads.
+const RESERVED_FDS: u64 = 16;
 /// Memory maps of the process itself: binary, libraries, heap arenas, the main thread.
 const RESERVED_MAPS: u64 = 1024;
 /// Each std thread maps about 4 regions: its stack, guard page, and their neighbours.
@@ -65,8 +66,9 @@ impl SystemLimits {
         }
     }
 
-    /// The most connections these limits allow, or `override_` if it is set.
-    pub fn budget(&self, override_: Option<usize>) -> Budget {
+    /// The most connections these limits allow when `redis_pool` descriptors go to the Redis
+    /// pool, or `override_` if it is set.
+    pub fn budget(&self, override_: Option<usize>, redis_pool: usize) -> Budget {
         if let Some(n) = override_ {
             return Budget {
                 connections: n,
@@ -74,8 +76,10 @@ impl SystemLimits {
             };
         }
         let candidates = [
-            self.open_files
-                .map(|n| (n.saturating_sub(RESERVED_FDS), format!("RLIMIT_NOFILE={n}"))),
+            self.open_files.map(|n| {
+                let reserved = RESERVED_FDS + redis_pool as u64;
+                (n.saturating_sub(reserved), format!("RLIMIT_NOFILE={n}"))
+            }),
             self.max_map_count.map(|n| {
                 (
                     n.saturating_sub(RESERVED_MAPS) / MAPS_PER_THREAD,
@@ -130,20 +134,21 @@ Max locked memory         unlimited            unlimited            bytes
             threads: Some((32_768, "kernel.pid_max")),
         };
         assert_eq!(
-            limits.budget(None),
+            limits.budget(None, 16),
             Budget {
                 connections: (65_530 - 1024) / 4,
                 bound_by: "vm.max_map_count=65530".into()
             }
         );
         let low_fds = SystemLimits {
-            open_files: Some(64 + 50),
+            open_files: Some(64),
             ..limits.clone()
         };
-        assert_eq!(low_fds.budget(None).connections, 50);
-        assert_eq!(low_fds.budget(None).bound_by, "RLIMIT_NOFILE=114");
-        assert_eq!(limits.budget(Some(7)).connections, 7);
-        assert_eq!(limits.budget(Some(7)).bound_by, "MAX_CONNECTIONS");
+        assert_eq!(low_fds.budget(None, 16).connections, 64 - 16 - 16);
+        assert_eq!(low_fds.budget(None, 16).bound_by, "RLIMIT_NOFILE=64");
+        assert_eq!(low_fds.budget(None, 4).connections, 64 - 16 - 4);
+        assert_eq!(limits.budget(Some(7), 16).connections, 7);
+        assert_eq!(limits.budget(Some(7), 16).bound_by, "MAX_CONNECTIONS");
     }
 
     #[test]
@@ -152,13 +157,13 @@ Max locked memory         unlimited            unlimited            bytes
             open_files: Some(10),
             ..SystemLimits::default()
         };
-        assert_eq!(tiny.budget(None).connections, 1);
+        assert_eq!(tiny.budget(None, 16).connections, 1);
     }
 
     #[test]
     fn this_machine_has_readable_limits() {
         let limits = SystemLimits::read();
         assert!(limits.open_files.is_some(), "{limits:?}");
-        assert!(limits.budget(None).connections >= 1);
+        assert!(limits.budget(None, 16).connections >= 1);
     }
 }

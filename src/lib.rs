@@ -19,10 +19,13 @@ pub mod store;
 pub mod stream;
 
 use std::fmt;
-use std::net::{TcpListener, TcpStream};
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::thread;
 use std::time::Instant;
+
+use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::budget::SystemLimits;
 use crate::config::{Config, ConfigError, Listen, StoreConfig};
@@ -95,7 +98,7 @@ pub fn run() -> Result<(), StartError> {
     };
 
     let listener = bind(&config.listen)?;
-    let budget = SystemLimits::read().budget(config.max_connections);
+    let budget = SystemLimits::read().budget(config.max_connections, config.redis_pool_size);
     let server = Server::new(
         listener,
         Shared {
@@ -134,22 +137,56 @@ pub fn run() -> Result<(), StartError> {
     Ok(())
 }
 
+/// Pending connections the kernel may queue (it caps this at `net.core.somaxconn`). std's
+/// 128 drops SYNs when a thousand EventSources reconnect at once, and a dropped SYN is only
+/// retried a second later.
+const LISTEN_BACKLOG: i32 = 4096;
+
 /// Binds `LISTEN`. An empty host means all interfaces: IPv6 and IPv4 where the host has
 /// IPv6, IPv4 alone where it does not (as in some containers).
 fn bind(listen: &Listen) -> Result<TcpListener, StartError> {
-    let bind = |addr: String| TcpListener::bind(&addr).map_err(|e| StartError::Listen(addr, e));
-    match listen.host.as_str() {
-        "" => bind(format!("[::]:{}", listen.port))
-            .or_else(|_| bind(format!("0.0.0.0:{}", listen.port))),
-        host if host.contains(':') => bind(format!("[{host}]:{}", listen.port)),
-        host => bind(format!("{host}:{}", listen.port)),
+    let port = listen.port;
+    let text = match listen.host.as_str() {
+        "" => {
+            return bind_addr((Ipv6Addr::UNSPECIFIED, port).into())
+                .or_else(|_| bind_addr((Ipv4Addr::UNSPECIFIED, port).into()));
+        }
+        host if host.contains(':') => format!("[{host}]:{port}"),
+        host => format!("{host}:{port}"),
+    };
+    let addrs = text
+        .to_socket_addrs()
+        .map_err(|e| StartError::Listen(text.clone(), e))?;
+    let mut last_error = io::Error::new(io::ErrorKind::NotFound, "no address");
+    for addr in addrs {
+        match bind_addr(addr) {
+            Ok(listener) => return Ok(listener),
+            Err(StartError::Listen(_, e)) => last_error = e,
+            Err(other) => return Err(other),
+        }
     }
+    Err(StartError::Listen(text, last_error))
+}
+
+fn bind_addr(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    let listen = || -> io::Result<TcpListener> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        // A restarted instance can bind while its old connections sit in TIME_WAIT.
+        socket.set_reuse_address(true)?;
+        if addr.is_ipv6() && addr.ip().is_unspecified() {
+            socket.set_only_v6(false)?;
+        }
+        socket.bind(&addr.into())?;
+        socket.listen(LISTEN_BACKLOG)?;
+        Ok(socket.into())
+    };
+    listen().map_err(|e| StartError::Listen(addr.to_string(), e))
 }
 
 /// Turns SIGTERM and SIGINT into a stop message for the accept loop, then wakes it.
 fn spawn_signal_thread(
     stop: crossbeam_channel::Sender<()>,
-    addr: std::net::SocketAddr,
+    addr: SocketAddr,
 ) -> Result<(), StartError> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
@@ -163,8 +200,8 @@ fn spawn_signal_thread(
                 let mut wake = addr;
                 if wake.ip().is_unspecified() {
                     wake.set_ip(match wake {
-                        std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-                        std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+                        SocketAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+                        SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
                     });
                 }
                 let _ = TcpStream::connect(wake);
