@@ -140,7 +140,7 @@ impl Config {
             write_timeout: vars.seconds("WRITE_TIMEOUT_SECS", 10)?,
             request_timeout: vars.seconds("REQUEST_TIMEOUT_SECS", 10)?,
             idle_timeout: vars.seconds("IDLE_TIMEOUT_SECS", 120)?,
-            subscriber_queue: vars.number("SUBSCRIBER_QUEUE", 64, 1, 65_536)?,
+            subscriber_queue: vars.number("SUBSCRIBER_QUEUE", 1024, 1, 65_536)?,
             max_connections: match lookup("MAX_CONNECTIONS") {
                 None => None,
                 Some(v) if v.is_empty() => None,
@@ -288,6 +288,7 @@ mod tests {
         assert_eq!(c.keepalive, Duration::from_secs(25));
         assert_eq!(c.limits, Limits::default());
         assert_eq!(c.max_connections, None);
+        assert_eq!(c.subscriber_queue, 1024);
     }
 
     #[test]
