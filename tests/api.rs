@@ -342,13 +342,12 @@ fn a_stream_never_goes_back_in_time_under_a_burst() {
                 let addr = if n % 2 == 0 { addr_a } else { addr_b };
                 let mut stream = std::net::TcpStream::connect(addr).unwrap();
                 let body = format!(r#"{{"status":"{n}"}}"#);
-                write!(
-                    stream,
+                let request = format!(
                     "POST /ping HTTP/1.1\r\nX-User-Claim: {{\"userid\":\"max\"}}\r\n\
                      Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
                     body.len()
-                )
-                .unwrap();
+                );
+                stream.write_all(request.as_bytes()).unwrap();
                 let reply = support::read_reply(&mut BufReader::new(stream)).unwrap();
                 assert_eq!(reply.status, 200);
             }
@@ -380,7 +379,7 @@ fn a_stream_never_goes_back_in_time_under_a_burst() {
 #[test]
 fn pings_answer_503_fast_while_redis_is_down_at_start_and_200_once_it_is_up() {
     let port = support::free_port();
-    let mut heartbeat = Heartbeat::launch_in(
+    let heartbeat = Heartbeat::launch_in(
         support::TempDir::new("down"),
         &[("REDIS", &format!("127.0.0.1:{port}"))],
     );
@@ -434,7 +433,7 @@ fn dot_env_supplies_defaults_that_the_environment_overrides() {
     )
     .unwrap();
     // LISTEN comes from the environment (an ephemeral port), REDIS and KEEPALIVE from .env.
-    let mut heartbeat = Heartbeat::launch_in(dir, &[]);
+    let heartbeat = Heartbeat::launch_in(dir, &[]);
     heartbeat.wait_for_log("store: in memory");
     let mut sse = heartbeat.subscribe("/subscribe/olive");
     assert_eq!(

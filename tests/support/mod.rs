@@ -160,7 +160,7 @@ impl Heartbeat {
     }
 
     pub fn start_with(env: &[(&str, &str)]) -> Heartbeat {
-        let mut heartbeat = Heartbeat::launch_in(TempDir::new("heartbeat"), env);
+        let heartbeat = Heartbeat::launch_in(TempDir::new("heartbeat"), env);
         let memory = env.iter().any(|(k, v)| *k == "REDIS" && *v == "memory");
         if !memory {
             heartbeat.wait_for_log("redis subscription up");
@@ -170,7 +170,16 @@ impl Heartbeat {
 
     /// Starts in `dir` and waits only until it listens (Redis may be down).
     pub fn launch_in(dir: TempDir, env: &[(&str, &str)]) -> Heartbeat {
-        let (child, log) = spawn_heartbeat(&dir.0, env);
+        Heartbeat::launch(dir, env, None)
+    }
+
+    /// Like `launch_in`, with the descriptor limit (`RLIMIT_NOFILE`) set to `nofile`.
+    pub fn launch_in_with_nofile(dir: TempDir, env: &[(&str, &str)], nofile: u32) -> Heartbeat {
+        Heartbeat::launch(dir, env, Some(nofile))
+    }
+
+    fn launch(dir: TempDir, env: &[(&str, &str)], nofile: Option<u32>) -> Heartbeat {
+        let (child, log) = spawn_heartbeat_limited(&dir.0, env, nofile);
         let mut heartbeat = Heartbeat {
             child,
             addr: "127.0.0.1:0".parse().unwrap(),
@@ -188,15 +197,15 @@ impl Heartbeat {
     }
 
     /// Waits up to 10 s for a log line containing `needle` and returns it.
-    pub fn wait_for_log(&mut self, needle: &str) -> String {
+    pub fn wait_for_log(&self, needle: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(line) = self.logs().lines().find(|l| l.contains(needle)) {
                 return line.to_owned();
             }
-            if let Some(status) = self.child.try_wait().unwrap() {
+            if self.exited() {
                 panic!(
-                    "heartbeat exited ({status}) before logging {needle:?}:\n{}",
+                    "heartbeat exited before logging {needle:?}:\n{}",
                     self.logs()
                 );
             }
@@ -207,6 +216,16 @@ impl Heartbeat {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// Whether the process has exited (it stays a zombie until dropped).
+    pub fn exited(&self) -> bool {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()));
+        // The state letter follows the parenthesised command name.
+        let state = stat
+            .ok()
+            .and_then(|s| s.rsplit_once(") ")?.1.chars().next());
+        !matches!(state, Some(s) if s != 'Z' && s != 'X')
     }
 
     pub fn logs(&self) -> String {
@@ -265,8 +284,10 @@ impl Heartbeat {
         read_reply(&mut reader).expect("a response")
     }
 
+    /// A connection with Nagle off, as latency-minded clients and proxies use.
     pub fn connect(&self) -> TcpStream {
         let stream = TcpStream::connect(self.addr).expect("connect to heartbeat");
+        stream.set_nodelay(true).unwrap();
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
@@ -288,9 +309,25 @@ impl Drop for Heartbeat {
 
 /// Starts the binary in `dir` (so no `.env` of the repository applies), logging to a file.
 pub fn spawn_heartbeat(dir: &Path, env: &[(&str, &str)]) -> (Child, PathBuf) {
+    spawn_heartbeat_limited(dir, env, None)
+}
+
+fn spawn_heartbeat_limited(
+    dir: &Path,
+    env: &[(&str, &str)],
+    nofile: Option<u32>,
+) -> (Child, PathBuf) {
     let log = dir.join("heartbeat.log");
     let log_file = std::fs::File::create(&log).expect("create the log file");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_heartbeat"));
+    let binary = env!("CARGO_BIN_EXE_heartbeat");
+    let mut command = match nofile {
+        None => Command::new(binary),
+        Some(n) => {
+            let mut c = Command::new("prlimit");
+            c.arg(format!("--nofile={n}:{n}")).arg("--").arg(binary);
+            c
+        }
+    };
     command
         .current_dir(dir)
         .env_clear()
@@ -395,12 +432,10 @@ pub struct Sse {
 impl Sse {
     /// Sends `GET path` and reads the response head.
     pub fn open(stream: TcpStream, path: &str, version: &str) -> Sse {
-        let mut writer = stream.try_clone().unwrap();
-        write!(
-            writer,
-            "GET {path} {version}\r\nHost: t\r\nAccept: text/event-stream\r\n\r\n"
-        )
-        .unwrap();
+        // One write: split writes would wait on Nagle and the server's delayed ACK.
+        let request =
+            format!("GET {path} {version}\r\nHost: t\r\nAccept: text/event-stream\r\n\r\n");
+        (&stream).write_all(request.as_bytes()).unwrap();
         let mut reader = BufReader::new(stream);
         let head = read_reply(&mut reader).expect("a response head");
         Sse {
@@ -540,3 +575,174 @@ impl Sse {
 /// Short names for the waits tests use.
 pub const SOON: Duration = Duration::from_secs(2);
 pub const AT_ONCE: Duration = Duration::from_millis(500);
+
+impl Heartbeat {
+    /// Threads of the process now.
+    pub fn threads(&self) -> usize {
+        proc_entries(self.pid(), "task")
+    }
+
+    /// Open file descriptors of the process now.
+    pub fn fds(&self) -> usize {
+        proc_entries(self.pid(), "fd")
+    }
+
+    /// Waits up to `within` for the thread count to fall to `baseline`; returns how long it took.
+    pub fn wait_for_threads(&self, baseline: usize, within: Duration) -> Duration {
+        let started = Instant::now();
+        wait_until(within, || self.threads() <= baseline).unwrap_or_else(|_| {
+            panic!(
+                "threads stayed at {} (baseline {baseline}) for {within:?}:\n{}",
+                self.threads(),
+                self.logs()
+            )
+        });
+        started.elapsed()
+    }
+
+    /// Counts log lines containing `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.logs().lines().filter(|l| l.contains(needle)).count()
+    }
+
+    /// Waits up to 15 s until `needle` has been logged `n` times.
+    pub fn wait_for_log_count(&self, needle: &str, n: usize) {
+        wait_until(Duration::from_secs(15), || self.log_count(needle) >= n)
+            .unwrap_or_else(|_| panic!("{needle:?} was not logged {n} times:\n{}", self.logs()));
+    }
+}
+
+fn proc_entries(pid: u32, what: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/{what}"))
+        .map(|dir| dir.count())
+        .unwrap_or(0)
+}
+
+/// Polls `condition` every 10 ms for up to `within`.
+pub fn wait_until(within: Duration, mut condition: impl FnMut() -> bool) -> Result<(), ()> {
+    let deadline = Instant::now() + within;
+    while !condition() {
+        if Instant::now() >= deadline {
+            return Err(());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
+impl Redis {
+    /// Freezes the server (SIGSTOP): connections stay open, nothing answers.
+    pub fn pause(&self) {
+        signal(self.pid(), "STOP");
+    }
+
+    pub fn resume(&self) {
+        signal(self.pid(), "CONT");
+    }
+}
+
+fn signal(pid: u32, name: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(ok.success(), "kill -{name} {pid}");
+}
+
+/// What a [`Proxy`] does with traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Link {
+    /// Forwards both ways.
+    Pass,
+    /// Keeps connections open and forwards nothing: a half-dead link.
+    Freeze,
+    /// Closes every connection and refuses new ones.
+    Cut,
+}
+
+/// A TCP proxy in front of a port, whose link can be frozen or cut, so one instance can lose
+/// Redis while Redis itself stays up for the others.
+pub struct Proxy {
+    pub port: u16,
+    link: std::sync::Arc<parking_lot::Mutex<Link>>,
+}
+
+impl Proxy {
+    pub fn start(upstream: u16) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let link = std::sync::Arc::new(parking_lot::Mutex::new(Link::Pass));
+        let shared = link.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if *shared.lock() == Link::Cut {
+                    continue; // dropped: refused
+                }
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                for (from, to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    let link = shared.clone();
+                    std::thread::spawn(move || pump(from, to, &link));
+                }
+            }
+        });
+        Proxy { port, link }
+    }
+
+    pub fn set(&self, link: Link) {
+        *self.link.lock() = link;
+    }
+
+    /// The `REDIS` value that points heartbeat through this proxy.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+fn pump(mut from: TcpStream, mut to: TcpStream, link: &parking_lot::Mutex<Link>) {
+    from.set_read_timeout(Some(Duration::from_millis(20)))
+        .unwrap();
+    let mut buf = [0; 16 * 1024];
+    loop {
+        match *link.lock() {
+            Link::Cut => break,
+            Link::Freeze => {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+            Link::Pass => {}
+        }
+        match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+    }
+    let _ = from.shutdown(std::net::Shutdown::Both);
+    let _ = to.shutdown(std::net::Shutdown::Both);
+}
+
+/// A client that sends `GET path` and never reads: a subscriber that stopped reading. Its
+/// receive buffer is kept small, so the server's writes to it soon block.
+pub fn stalled_subscriber(addr: SocketAddr, path: &str) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&addr.into()).unwrap();
+    let mut stream: TcpStream = socket.into();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    stream
+}
