@@ -36,6 +36,36 @@ pub struct Config {
     pub subscriber_queue: usize,
     /// Most connections served at once; `None` computes it from the process limits.
     pub max_connections: Option<usize>,
+    /// Which browser origins may call the API.
+    pub cors: Cors,
+}
+
+/// Cross-origin access for browsers (`CORS_ORIGINS`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cors {
+    /// No CORS headers: same origin only, as behind the proxy.
+    Off,
+    /// `*`: any origin.
+    Any,
+    /// These origins exactly (`scheme://host[:port]`).
+    Origins(Vec<String>),
+}
+
+impl Cors {
+    /// The `Access-Control-Allow-Origin` value for a request from `origin`, if allowed.
+    pub fn allow(&self, origin: Option<&[u8]>) -> Option<String> {
+        match self {
+            Cors::Off => None,
+            Cors::Any => Some("*".into()),
+            Cors::Origins(allowed) => {
+                let origin = std::str::from_utf8(origin?).ok()?;
+                allowed
+                    .iter()
+                    .any(|a| a == origin)
+                    .then(|| origin.to_owned())
+            }
+        }
+    }
 }
 
 /// The `LISTEN` address, kept as text until bound so host names resolve at bind time.
@@ -141,6 +171,7 @@ impl Config {
             request_timeout: vars.seconds("REQUEST_TIMEOUT_SECS", 10)?,
             idle_timeout: vars.seconds("IDLE_TIMEOUT_SECS", 120)?,
             subscriber_queue: vars.number("SUBSCRIBER_QUEUE", 1024, 1, 65_536)?,
+            cors: vars.parse("CORS_ORIGINS", "", parse_cors, CORS_EXPECTED)?,
             max_connections: match lookup("MAX_CONNECTIONS") {
                 None => None,
                 Some(v) if v.is_empty() => None,
@@ -154,6 +185,8 @@ const LISTEN_EXPECTED: &str = "host:port, :port or [v6]:port";
 const REDIS_EXPECTED: &str = "host:port, :port, redis://[user:pass@]host:port[/db] or memory";
 const PREFIX_EXPECTED: &str = "printable ASCII without spaces, at most 64 bytes";
 const LEVEL_EXPECTED: &str = "one of off, error, warn, info, debug, trace";
+const CORS_EXPECTED: &str =
+    "empty, * or a comma-separated list of origins like https://app.example.com";
 
 /// Typed access to variables, each with its default and the error naming it.
 struct Vars<'a, F: Fn(&str) -> Option<String>>(&'a F);
@@ -257,6 +290,25 @@ fn parse_prefix(value: &str) -> Option<String> {
     ok.then(|| value.to_owned())
 }
 
+fn parse_cors(value: &str) -> Option<Cors> {
+    match value {
+        "" => return Some(Cors::Off),
+        "*" => return Some(Cors::Any),
+        _ => {}
+    }
+    let origins: Vec<String> = value
+        .split(',')
+        .map(|o| o.trim().trim_end_matches('/').to_owned())
+        .collect();
+    let valid = |o: &String| {
+        let rest = o
+            .strip_prefix("https://")
+            .or_else(|| o.strip_prefix("http://"));
+        rest.is_some_and(|host| !host.is_empty() && !host.contains(['/', ' ', '*']))
+    };
+    origins.iter().all(valid).then_some(Cors::Origins(origins))
+}
+
 fn parse_level(value: &str) -> Option<LevelFilter> {
     value.parse().ok()
 }
@@ -340,6 +392,37 @@ mod tests {
         let c = config(&[("MAX_CONNECTIONS", "100"), ("SUBSCRIBER_QUEUE", "8")]).unwrap();
         assert_eq!(c.max_connections, Some(100));
         assert_eq!(c.subscriber_queue, 8);
+    }
+
+    #[test]
+    fn cors_is_off_any_or_a_list_of_origins() {
+        let cors = |v: &str| config(&[("CORS_ORIGINS", v)]).map(|c| c.cors);
+        assert_eq!(config(&[]).unwrap().cors, Cors::Off);
+        assert_eq!(cors("*").unwrap(), Cors::Any);
+        let list = cors("https://a.example, http://b.example:8080/").unwrap();
+        assert_eq!(
+            list,
+            Cors::Origins(vec![
+                "https://a.example".into(),
+                "http://b.example:8080".into()
+            ])
+        );
+        assert_eq!(
+            list.allow(Some(b"https://a.example")),
+            Some("https://a.example".into())
+        );
+        assert_eq!(list.allow(Some(b"https://evil.example")), None);
+        assert_eq!(list.allow(None), None);
+        assert_eq!(Cors::Any.allow(None), Some("*".into()));
+        assert_eq!(Cors::Off.allow(Some(b"https://a.example")), None);
+        for bad in [
+            "a.example",
+            "https://",
+            "https://a.example/path",
+            "https://*.example",
+        ] {
+            assert!(cors(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod budget;
 pub mod config;
 pub mod http;
 pub mod hub;
+pub mod metrics;
 pub mod ping;
 pub mod routes;
 pub mod server;
@@ -31,6 +32,7 @@ use crate::budget::SystemLimits;
 use crate::config::{Config, ConfigError, Listen, StoreConfig};
 use crate::http::Timeouts;
 use crate::hub::Hub;
+use crate::metrics::Metrics;
 use crate::routes::Routes;
 use crate::server::{Server, Shared};
 use crate::store::{MemoryStore, RedisStore, Store, psubscribe};
@@ -69,6 +71,7 @@ pub fn run() -> Result<(), StartError> {
         .map_err(|e| StartError::Setup(format!("logger: {e}")))?;
 
     let hub = Hub::new(config.subscriber_queue);
+    let metrics = Arc::new(Metrics::default());
     // Dropping this sender (when `run` returns) stops the Redis subscription thread.
     let (stop_feed, feed_stopped) = crossbeam_channel::bounded::<()>(0);
     let (store, feed): (Arc<dyn Store>, _) = match &config.store {
@@ -82,12 +85,12 @@ pub fn run() -> Result<(), StartError> {
                 &config.key_prefix,
                 config.redis_pool_size,
                 config.redis_timeout,
+                Arc::clone(&metrics),
             )
             .map_err(|e| StartError::Setup(format!("redis client for {}: {e}", redact(url))))?;
             let store = Arc::new(store);
-            let (handle, _state) =
-                psubscribe::spawn(Arc::clone(&store), Arc::clone(&hub), feed_stopped)
-                    .map_err(|e| StartError::Setup(format!("redis-psubscribe thread: {e}")))?;
+            let handle = psubscribe::spawn(Arc::clone(&store), Arc::clone(&hub), feed_stopped)
+                .map_err(|e| StartError::Setup(format!("redis-psubscribe thread: {e}")))?;
             log::info!(
                 "store: redis at {} with key prefix {:?}",
                 redact(url),
@@ -102,9 +105,17 @@ pub fn run() -> Result<(), StartError> {
     let server = Server::new(
         listener,
         Shared {
-            routes: Routes::new(Arc::clone(&store), config.limits),
+            routes: Routes {
+                store: Arc::clone(&store),
+                hub: Arc::clone(&hub),
+                metrics: Arc::clone(&metrics),
+                limits: config.limits,
+                cors: config.cors.clone(),
+                connection_budget: budget.connections,
+            },
             hub,
             store,
+            metrics,
             limits: config.limits,
             timeouts: Timeouts {
                 idle: config.idle_timeout,
@@ -118,6 +129,9 @@ pub fn run() -> Result<(), StartError> {
     let addr = server
         .local_addr()
         .map_err(|e| StartError::Setup(format!("listening address: {e}")))?;
+    if config.cors != config::Cors::Off {
+        log::info!("CORS: allowing {:?}", config.cors);
+    }
     let (stop, stopped) = crossbeam_channel::bounded::<()>(1);
     spawn_signal_thread(stop, addr)?;
     log::info!(
@@ -135,6 +149,41 @@ pub fn run() -> Result<(), StartError> {
     }
     log::info!("stopped");
     Ok(())
+}
+
+/// Asks the instance configured by the environment (`LISTEN`) for `/healthz`, for a
+/// container `HEALTHCHECK` where there is no curl. `Ok` if it answered `200`.
+pub fn healthcheck() -> Result<(), String> {
+    use std::io::{Read, Write};
+    let config = Config::from_env().map_err(|e| e.to_string())?;
+    let host = match config.listen.host.as_str() {
+        "" | "0.0.0.0" => "127.0.0.1".to_owned(),
+        "::" => "[::1]".to_owned(),
+        h if h.contains(':') => format!("[{h}]"),
+        h => h.to_owned(),
+    };
+    let target = format!("{host}:{}", config.listen.port);
+    let timeout = std::time::Duration::from_secs(2);
+    let addr = target
+        .to_socket_addrs()
+        .map_err(|e| format!("{target}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{target}: no address"))?;
+    let mut stream =
+        TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("{target}: {e}"))?;
+    let _ = stream.set_read_timeout(Some(timeout));
+    let _ = stream.set_write_timeout(Some(timeout));
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .map_err(|e| format!("{target}: {e}"))?;
+    let mut reply = String::new();
+    let _ = stream.read_to_string(&mut reply);
+    let status = reply.split(' ').nth(1).unwrap_or("no answer");
+    let body = reply.split("\r\n\r\n").nth(1).unwrap_or("").trim();
+    match status {
+        "200" => Ok(()),
+        _ => Err(format!("{target}/healthz: {status} {body}")),
+    }
 }
 
 /// Pending connections the kernel may queue (it caps this at `net.core.somaxconn`). std's

@@ -1,10 +1,12 @@
-//! The API: which request does what. Answers pings, and turns a subscribe request into a
-//! [`Subscribe`] for the connection to stream. Knows nothing of sockets.
+//! The API: which request does what. Answers pings, health and metrics, and turns a subscribe
+//! request into a [`Subscribe`] for the connection to stream. Knows nothing of sockets.
 
 use std::sync::Arc;
 
-use crate::config::Limits;
+use crate::config::{Cors, Limits};
 use crate::http::{Request, Response};
+use crate::hub::Hub;
+use crate::metrics::{Metrics, Readings};
 use crate::ping::{self, Rejection};
 use crate::store::Store;
 
@@ -22,28 +24,80 @@ pub struct Subscribe {
     pub user: String,
     /// The watching device, for logs.
     pub client: Option<String>,
+    /// Headers for the stream's response head (CORS).
+    pub headers: Vec<(&'static str, String)>,
 }
 
-/// The routes with what they need: the store and the limits.
+/// The routes with what they need.
 pub struct Routes {
-    store: Arc<dyn Store>,
-    limits: Limits,
+    pub store: Arc<dyn Store>,
+    pub hub: Arc<Hub>,
+    pub metrics: Arc<Metrics>,
+    pub limits: Limits,
+    pub cors: Cors,
+    /// Reported by `/metrics`.
+    pub connection_budget: usize,
 }
 
 impl Routes {
-    pub fn new(store: Arc<dyn Store>, limits: Limits) -> Routes {
-        Routes { store, limits }
-    }
-
     pub fn handle(&self, request: &Request) -> Outcome {
         let method = request.method.as_str();
-        match route(request.path(), &self.limits) {
+        let route = route(request.path(), &self.limits);
+        let cors = matches!(route, Ok(Route::Ping | Route::Subscribe(_)))
+            .then(|| self.cors.allow(request.header("origin")))
+            .flatten();
+        let mut outcome = match route {
             Ok(Route::Ping) if method == "POST" => Outcome::Respond(self.ping(request)),
+            Ok(Route::Ping) if method == "OPTIONS" && self.cors != Cors::Off => {
+                Outcome::Respond(preflight(cors.is_some()))
+            }
             Ok(Route::Ping) => Outcome::Respond(not_allowed("POST")),
             Ok(Route::Subscribe(subscribe)) if method == "GET" => Outcome::Subscribe(subscribe),
             Ok(Route::Subscribe(_)) => Outcome::Respond(not_allowed("GET")),
+            Ok(Route::Health) if method == "GET" => Outcome::Respond(self.health()),
+            Ok(Route::Metrics) if method == "GET" => Outcome::Respond(self.metrics()),
+            Ok(Route::Health | Route::Metrics) => Outcome::Respond(not_allowed("GET")),
             Err(response) => Outcome::Respond(response),
+        };
+        if let Some(origin) = cors {
+            let headers = match &mut outcome {
+                Outcome::Respond(response) => &mut response.headers,
+                Outcome::Subscribe(subscribe) => &mut subscribe.headers,
+            };
+            headers.push(("Access-Control-Allow-Origin", origin));
+            if let Cors::Origins(_) = self.cors {
+                headers.push(("Vary", "Origin".into()));
+            }
         }
+        outcome
+    }
+
+    fn health(&self) -> Response {
+        let store = if self.store.subscription_up().is_some() {
+            "redis"
+        } else {
+            "memory"
+        };
+        let (status, body) = match self.store.health() {
+            Ok(()) => (200, serde_json::json!({ "status": "ok", "store": store })),
+            Err(reason) => (
+                503,
+                serde_json::json!({ "status": "unavailable", "store": store, "reason": reason }),
+            ),
+        };
+        Response::text(status, &body.to_string())
+            .with_header("Content-Type", "application/json")
+            .with_header("Cache-Control", "no-store")
+    }
+
+    fn metrics(&self) -> Response {
+        let readings = Readings {
+            subscribers_dropped_slow: self.hub.dropped_slow(),
+            subscription_up: self.store.subscription_up(),
+            connection_budget: self.connection_budget,
+        };
+        Response::text(200, self.metrics.render(&readings).trim_end())
+            .with_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
     }
 
     fn ping(&self, request: &Request) -> Response {
@@ -53,6 +107,7 @@ impl Routes {
             Ok(parsed) => parsed,
             Err(rejection) => {
                 log::debug!("ping refused: {rejection}");
+                self.metrics.count_refused(&rejection);
                 return refuse(&rejection);
             }
         };
@@ -61,6 +116,7 @@ impl Routes {
             .record(&claim.userid, &status, ping::now_micros())
         {
             Ok(stored) => {
+                Metrics::count(&self.metrics.pings_accepted_total);
                 log::debug!(
                     "ping from {:?} ({}): status {:?}, seq {}",
                     claim.userid,
@@ -72,6 +128,7 @@ impl Routes {
             }
             Err(e) => {
                 log::debug!("ping from {:?} not stored: {e}", claim.userid);
+                Metrics::count(&self.metrics.pings_refused_unavailable_total);
                 Response::text(503, &e.to_string())
             }
         }
@@ -81,13 +138,18 @@ impl Routes {
 enum Route {
     Ping,
     Subscribe(Subscribe),
+    Health,
+    Metrics,
 }
 
-/// Matches a path: `/ping`, `/subscribe/:userid` and `/subscribe/:userid/client/:clientid`,
-/// with percent-decoded segments.
+/// Matches a path: `/ping`, `/subscribe/:userid` and `/subscribe/:userid/client/:clientid`
+/// (segments percent-decoded), `/healthz` and `/metrics`.
 fn route(path: &str, limits: &Limits) -> Result<Route, Response> {
-    if path == "/ping" {
-        return Ok(Route::Ping);
+    match path {
+        "/ping" => return Ok(Route::Ping),
+        "/healthz" => return Ok(Route::Health),
+        "/metrics" => return Ok(Route::Metrics),
+        _ => {}
     }
     let Some(rest) = path.strip_prefix("/subscribe/") else {
         return Err(not_found());
@@ -111,7 +173,22 @@ fn route(path: &str, limits: &Limits) -> Result<Route, Response> {
         }
         None => None,
     };
-    Ok(Route::Subscribe(Subscribe { user, client }))
+    Ok(Route::Subscribe(Subscribe {
+        user,
+        client,
+        headers: Vec::new(),
+    }))
+}
+
+/// The answer to a CORS preflight of `/ping`.
+fn preflight(allowed: bool) -> Response {
+    if !allowed {
+        return Response::text(403, "origin not allowed");
+    }
+    Response::empty(204)
+        .with_header("Access-Control-Allow-Methods", "POST, OPTIONS")
+        .with_header("Access-Control-Allow-Headers", "Content-Type, X-User-Claim")
+        .with_header("Access-Control-Max-Age", "600")
 }
 
 /// Decodes `%XX` escapes; the result must be UTF-8.
@@ -152,12 +229,22 @@ mod tests {
     use crate::hub::Hub;
     use crate::store::MemoryStore;
 
+    fn routes_with(cors: Cors) -> (Routes, Arc<MemoryStore>) {
+        let hub = Hub::new(4);
+        let store = Arc::new(MemoryStore::new(Arc::clone(&hub)));
+        let routes = Routes {
+            store: Arc::clone(&store) as Arc<dyn Store>,
+            hub,
+            metrics: Arc::default(),
+            limits: Limits::default(),
+            cors,
+            connection_budget: 10,
+        };
+        (routes, store)
+    }
+
     fn routes() -> (Routes, Arc<MemoryStore>) {
-        let store = Arc::new(MemoryStore::new(Hub::new(4)));
-        (
-            Routes::new(Arc::clone(&store) as Arc<dyn Store>, Limits::default()),
-            store,
-        )
+        routes_with(Cors::Off)
     }
 
     fn request(method: &str, target: &str, claim: Option<&str>, body: &str) -> Request {
@@ -228,14 +315,16 @@ mod tests {
             subscribe("/subscribe/u%201/client/dev%2Fice?token=jwt"),
             Outcome::Subscribe(Subscribe {
                 user: "u 1".into(),
-                client: Some("dev/ice".into())
+                client: Some("dev/ice".into()),
+                headers: vec![]
             })
         );
         assert_eq!(
             subscribe("/subscribe/%C3%A9?token=jwt"),
             Outcome::Subscribe(Subscribe {
                 user: "é".into(),
-                client: None
+                client: None,
+                headers: vec![]
             })
         );
     }
@@ -281,5 +370,98 @@ mod tests {
         let response = respond(&routes, request("POST", "/subscribe/u", None, ""));
         assert_eq!(response.status, 405);
         assert_eq!(response.headers, [("Allow", "GET".to_owned())]);
+    }
+
+    #[test]
+    fn health_and_metrics_answer_get() {
+        let (routes, _) = routes();
+        let health = respond(&routes, request("GET", "/healthz", None, ""));
+        assert_eq!(health.status, 200);
+        assert_eq!(health.body, "{\"status\":\"ok\",\"store\":\"memory\"}\n");
+        respond(
+            &routes,
+            request("POST", "/ping", Some(CLAIM), r#"{"status":"1"}"#),
+        );
+        respond(&routes, request("POST", "/ping", Some(CLAIM), "{}"));
+        let metrics = respond(&routes, request("GET", "/metrics", None, ""));
+        assert_eq!(metrics.status, 200);
+        assert!(metrics.body.contains("heartbeat_pings_accepted_total 1\n"));
+        assert!(
+            metrics
+                .body
+                .contains("heartbeat_pings_refused_total{reason=\"invalid\"} 1\n")
+        );
+        let post = respond(&routes, request("POST", "/metrics", None, ""));
+        assert_eq!((post.status, post.headers[0].1.as_str()), (405, "GET"));
+    }
+
+    fn with_origin(mut request: Request, origin: &str) -> Request {
+        request
+            .headers
+            .push(("Origin".into(), origin.as_bytes().to_vec()));
+        request
+    }
+
+    #[test]
+    fn cors_headers_follow_the_configured_origins() {
+        let app = "https://app.example";
+        let (routes, _) = routes_with(Cors::Origins(vec![app.into()]));
+        let ping = request("POST", "/ping", Some(CLAIM), r#"{"status":"1"}"#);
+        let response = respond(&routes, with_origin(ping.clone(), app));
+        assert!(
+            response
+                .headers
+                .contains(&("Access-Control-Allow-Origin", app.into()))
+        );
+        assert!(response.headers.contains(&("Vary", "Origin".into())));
+        let other = respond(&routes, with_origin(ping, "https://evil.example"));
+        assert!(
+            other
+                .headers
+                .iter()
+                .all(|(n, _)| *n != "Access-Control-Allow-Origin")
+        );
+
+        let preflight = respond(
+            &routes,
+            with_origin(request("OPTIONS", "/ping", None, ""), app),
+        );
+        assert_eq!(preflight.status, 204);
+        assert!(
+            preflight
+                .headers
+                .iter()
+                .any(|(n, v)| *n == "Access-Control-Allow-Headers" && v.contains("X-User-Claim"))
+        );
+        let refused = respond(
+            &routes,
+            with_origin(request("OPTIONS", "/ping", None, ""), "https://x"),
+        );
+        assert_eq!(refused.status, 403);
+
+        let Outcome::Subscribe(subscribe) =
+            routes.handle(&with_origin(request("GET", "/subscribe/u", None, ""), app))
+        else {
+            panic!("a stream");
+        };
+        assert!(
+            subscribe
+                .headers
+                .contains(&("Access-Control-Allow-Origin", app.into()))
+        );
+
+        let (any, _) = routes_with(Cors::Any);
+        let response = respond(&any, request("POST", "/ping", Some(CLAIM), "{}"));
+        assert!(
+            response
+                .headers
+                .contains(&("Access-Control-Allow-Origin", "*".into()))
+        );
+        let (off, _) = routes_with(Cors::Off);
+        let options = respond(
+            &off,
+            with_origin(request("OPTIONS", "/ping", None, ""), app),
+        );
+        assert_eq!(options.status, 405);
     }
 }

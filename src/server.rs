@@ -4,7 +4,7 @@
 use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -14,6 +14,7 @@ use parking_lot::Mutex;
 use crate::config::Limits;
 use crate::http::{EventStream, ReadError, RequestReader, Response, Timeouts};
 use crate::hub::Hub;
+use crate::metrics::Metrics;
 use crate::routes::{Outcome, Routes, Subscribe};
 use crate::store::Store;
 use crate::stream;
@@ -41,17 +42,7 @@ pub struct Shared {
     pub write_timeout: Duration,
     pub keepalive: Duration,
     pub max_connections: usize,
-}
-
-/// Connection counts, for the budget, shutdown and tests.
-#[derive(Default)]
-struct Counters {
-    /// Connections with a thread, streams included.
-    active: AtomicUsize,
-    /// Connections that are streaming events.
-    streaming: AtomicUsize,
-    /// Connections accepted in all, for thread names.
-    accepted: AtomicU64,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Decrements a counter when dropped, whatever way a connection thread ends.
@@ -67,7 +58,8 @@ impl Drop for Held<'_> {
 pub struct Server {
     listener: TcpListener,
     shared: Arc<Shared>,
-    counters: Arc<Counters>,
+    /// Threads started, for their names.
+    started: u64,
 }
 
 impl Server {
@@ -75,7 +67,7 @@ impl Server {
         Server {
             listener,
             shared: Arc::new(shared),
-            counters: Arc::default(),
+            started: 0,
         }
     }
 
@@ -87,7 +79,7 @@ impl Server {
     /// server must then connect to it once, to wake the accept call. On return every stream
     /// has ended (or the grace period passed); idle keep-alive connections are left to close
     /// with the process.
-    pub fn run(self, stop: Receiver<()>) {
+    pub fn run(mut self, stop: Receiver<()>) {
         let mut last_accept_warning: Option<Instant> = None;
         loop {
             let accepted = self.listener.accept();
@@ -111,43 +103,49 @@ impl Server {
         drop(self.listener);
         self.shared.hub.close();
         let deadline = Instant::now() + SHUTDOWN_GRACE;
-        while self.counters.streaming.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+        let streams = &self.shared.metrics.streams;
+        while streams.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(10));
         }
-        let left = self.counters.streaming.load(Ordering::Acquire);
+        let left = streams.load(Ordering::Acquire);
         if left > 0 {
             log::warn!("{left} streams did not end within {SHUTDOWN_GRACE:?}");
         }
     }
 
     /// Starts a thread for `stream`, or refuses it at once when over budget.
-    fn dispatch(&self, stream: TcpStream) {
-        let counters = &self.counters;
-        if counters.active.fetch_add(1, Ordering::AcqRel) >= self.shared.max_connections {
-            counters.active.fetch_sub(1, Ordering::AcqRel);
+    fn dispatch(&mut self, stream: TcpStream) {
+        let metrics = &self.shared.metrics;
+        Metrics::count(&metrics.connections_total);
+        if metrics.connections.fetch_add(1, Ordering::AcqRel) >= self.shared.max_connections {
+            metrics.connections.fetch_sub(1, Ordering::AcqRel);
+            Metrics::count(&metrics.connections_refused_total);
             log::debug!("over the connection budget: refusing a connection");
             refuse(stream, "server busy: at its connection limit");
             return;
         }
-        let n = counters.accepted.fetch_add(1, Ordering::Relaxed);
+        let n = self.started;
+        self.started += 1;
         // The stream is handed over through a slot so that it can be refused if no thread
         // can be started.
         let handoff = Arc::new(Mutex::new(Some(stream)));
         let theirs = Arc::clone(&handoff);
         let shared = Arc::clone(&self.shared);
-        let counters = Arc::clone(counters);
         let spawned = thread::Builder::new()
             .name(format!("http-{n}"))
             .stack_size(STACK_SIZE)
             .spawn(move || {
-                let _held = Held(&counters.active);
+                let _held = Held(&shared.metrics.connections);
                 if let Some(stream) = theirs.lock().take() {
-                    serve_connection(stream, &shared, &counters);
+                    serve_connection(stream, &shared);
                 }
             });
         if let Err(e) = spawned {
             log::warn!("cannot start a connection thread: {e}");
-            self.counters.active.fetch_sub(1, Ordering::AcqRel);
+            self.shared
+                .metrics
+                .connections
+                .fetch_sub(1, Ordering::AcqRel);
             if let Some(stream) = handoff.lock().take() {
                 refuse(stream, "server busy: cannot start a thread");
             }
@@ -177,7 +175,7 @@ fn refuse(stream: TcpStream, reason: &str) {
 
 /// Reads and answers requests until the client closes, a response says close, or the
 /// connection becomes a stream.
-fn serve_connection(stream: TcpStream, shared: &Shared, counters: &Counters) {
+fn serve_connection(stream: TcpStream, shared: &Shared) {
     let _ = stream.set_nodelay(true);
     if let Err(e) = stream.set_write_timeout(Some(shared.write_timeout)) {
         log::warn!("cannot set a write timeout, dropping the connection: {e}");
@@ -208,8 +206,8 @@ fn serve_connection(stream: TcpStream, shared: &Shared, counters: &Counters) {
                 let minor_version = request.minor_version;
                 drop((request, reader));
                 let _streaming = {
-                    counters.streaming.fetch_add(1, Ordering::AcqRel);
-                    Held(&counters.streaming)
+                    shared.metrics.streams.fetch_add(1, Ordering::AcqRel);
+                    Held(&shared.metrics.streams)
                 };
                 serve_stream(&stream, minor_version, &subscribe, shared);
                 return;
@@ -222,9 +220,15 @@ fn serve_stream(stream: &TcpStream, minor_version: u8, subscribe: &Subscribe, sh
     // Registered before the cached ping is read, so no ping falls in between.
     let subscription = shared.hub.subscribe(&subscribe.user);
     let client = subscribe.client.as_deref().unwrap_or("-");
-    let result = EventStream::start(stream, minor_version, &[]).and_then(|out| {
+    let result = EventStream::start(stream, minor_version, &subscribe.headers).and_then(|out| {
         log::debug!("stream of {:?} to {client} opened", subscribe.user);
-        stream::serve(out, &subscription, shared.store.as_ref(), shared.keepalive)
+        stream::serve(
+            out,
+            &subscription,
+            shared.store.as_ref(),
+            shared.keepalive,
+            &shared.metrics,
+        )
     });
     match result {
         Ok(()) => log::debug!("stream of {:?} to {client} ended", subscribe.user),

@@ -8,6 +8,7 @@ use crossbeam_channel::RecvTimeoutError;
 
 use crate::http::EventStream;
 use crate::hub::Subscription;
+use crate::metrics::Metrics;
 use crate::ping::Event;
 use crate::store::Store;
 
@@ -26,6 +27,7 @@ pub fn serve<W: Write>(
     subscription: &Subscription,
     store: &dyn Store,
     keepalive: Duration,
+    metrics: &Metrics,
 ) -> io::Result<()> {
     let mut sent_seq = 0;
     let mut cached_pending = true;
@@ -36,6 +38,7 @@ pub fn serve<W: Write>(
         }
         out.event(&event.data)?;
         sent_seq = event.seq;
+        Metrics::count(&metrics.events_delivered_total);
         Ok(true)
     };
     loop {
@@ -118,7 +121,14 @@ mod tests {
 
         let mut out = Vec::new();
         let stream = EventStream::start(&mut out, 1, &[]).unwrap();
-        serve(stream, &sub, &store, Duration::from_secs(60)).unwrap();
+        serve(
+            stream,
+            &sub,
+            &store,
+            Duration::from_secs(60),
+            &Metrics::default(),
+        )
+        .unwrap();
         let (data, finished) = events_written(&out);
         assert_eq!(
             data,
@@ -141,7 +151,14 @@ mod tests {
         };
         let mut out = Vec::new();
         let stream = EventStream::start(&mut out, 1, &[]).unwrap();
-        serve(stream, &sub, &store, Duration::from_millis(20)).unwrap();
+        serve(
+            stream,
+            &sub,
+            &store,
+            Duration::from_millis(20),
+            &Metrics::default(),
+        )
+        .unwrap();
         closer.join().unwrap();
         let keepalives = String::from_utf8_lossy(&out)
             .matches("3\r\n:\n\n\r\n")
@@ -161,6 +178,12 @@ mod tests {
     impl Store for Flaky {
         fn record(&self, user: &str, status: &str, now: u64) -> Result<LastPing, StoreError> {
             self.inner.record(user, status, now)
+        }
+        fn health(&self) -> Result<(), String> {
+            Ok(())
+        }
+        fn subscription_up(&self) -> Option<bool> {
+            None
         }
         fn last(&self, user: &str) -> Result<Option<LastPing>, StoreError> {
             let left = self.failures.load(std::sync::atomic::Ordering::SeqCst);
@@ -191,7 +214,14 @@ mod tests {
         };
         let mut out = Vec::new();
         let stream = EventStream::start(&mut out, 1, &[]).unwrap();
-        serve(stream, &sub, &store, Duration::from_secs(60)).unwrap();
+        serve(
+            stream,
+            &sub,
+            &store,
+            Duration::from_secs(60),
+            &Metrics::default(),
+        )
+        .unwrap();
         closer.join().unwrap();
         assert_eq!(events_written(&out).0, [r#"{"time":7,"status":"2"}"#]);
     }

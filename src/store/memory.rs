@@ -41,6 +41,14 @@ impl Store for MemoryStore {
     fn last(&self, user: &str) -> Result<Option<LastPing>, StoreError> {
         Ok(self.last.lock().get(user).cloned())
     }
+
+    fn health(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn subscription_up(&self) -> Option<bool> {
+        None
+    }
 }
 
 #[cfg(test)]

@@ -26,6 +26,13 @@ pub trait Store: Send + Sync {
 
     /// The user's last ping, if the user ever pinged.
     fn last(&self, user: &str) -> Result<Option<LastPing>, StoreError>;
+
+    /// Whether pings can be stored and delivered now; the reason if not.
+    fn health(&self) -> Result<(), String>;
+
+    /// Whether the subscription that brings other instances' pings is up; `None` for a store
+    /// that needs none.
+    fn subscription_up(&self) -> Option<bool>;
 }
 
 /// The sequence number of a user's next ping: one past the stored one, but never below the

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use super::redis::parse_message;
 use super::{RedisStore, StoreError};
 use crate::hub::Hub;
+use crate::metrics::Metrics;
 use crate::ping::Event;
 use crossbeam_channel::{Receiver, TryRecvError};
 
@@ -27,13 +28,18 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Users per resync round trip, so a huge hub does not make one huge pipeline.
 const RESYNC_BATCH: usize = 500;
 
-/// Whether the subscription is up, for health checks.
-#[derive(Clone, Default)]
-pub struct SubscriptionState(Arc<AtomicBool>);
+/// Whether the subscription is up, for health checks; set only by the thread.
+#[derive(Default)]
+pub struct SubscriptionState(AtomicBool);
 
 impl SubscriptionState {
     pub fn is_up(&self) -> bool {
         self.0.load(Ordering::Relaxed)
+    }
+
+    /// Records the new state; returns the old one.
+    fn set(&self, up: bool) -> bool {
+        self.0.swap(up, Ordering::Relaxed)
     }
 }
 
@@ -42,25 +48,21 @@ pub fn spawn(
     store: Arc<RedisStore>,
     hub: Arc<Hub>,
     shutdown: Receiver<()>,
-) -> std::io::Result<(JoinHandle<()>, SubscriptionState)> {
-    let state = SubscriptionState::default();
+) -> std::io::Result<JoinHandle<()>> {
     let feed = Feed {
         store,
         hub,
         shutdown,
-        state: state.clone(),
     };
-    let handle = thread::Builder::new()
+    thread::Builder::new()
         .name("redis-psubscribe".into())
-        .spawn(move || feed.run())?;
-    Ok((handle, state))
+        .spawn(move || feed.run())
 }
 
 struct Feed {
     store: Arc<RedisStore>,
     hub: Arc<Hub>,
     shutdown: Receiver<()>,
-    state: SubscriptionState,
 }
 
 /// How a subscription session ended.
@@ -73,12 +75,14 @@ impl Feed {
     fn run(self) {
         let mut backoff = BACKOFF_MIN;
         let mut reported_down = false;
+        let mut sessions = 0u64;
         loop {
-            let error = match self.session(&mut backoff) {
+            let error = match self.session(&mut backoff, &mut sessions) {
                 End::Shutdown => break,
                 End::Lost(error) => error,
             };
-            let was_up = self.state.0.swap(false, Ordering::Relaxed);
+            Metrics::count(&self.store.metrics().redis_errors_total);
+            let was_up = self.store.subscription().set(false);
             if was_up || !reported_down {
                 log::warn!("redis subscription down: {error}; reconnecting");
                 reported_down = true;
@@ -95,27 +99,32 @@ impl Feed {
                 break;
             }
         }
-        self.state.0.store(false, Ordering::Relaxed);
+        self.store.subscription().set(false);
         log::debug!("redis subscription stopped");
     }
 
     /// Subscribes and delivers until the connection fails or shutdown is asked.
-    fn session(&self, backoff: &mut Duration) -> End {
+    fn session(&self, backoff: &mut Duration, sessions: &mut u64) -> End {
         let mut con = match self.store.connect() {
             Ok(con) => con,
             Err(e) => return End::Lost(e.to_string()),
         };
         let pattern = self.store.keys().pattern();
-        let mut pubsub = con.as_pubsub();
-        if let Err(e) = pubsub.psubscribe(&pattern) {
-            return End::Lost(e.to_string());
+        if let Err(e) = psubscribe(&mut con, &pattern) {
+            return End::Lost(e);
         }
+        let mut pubsub = con.as_pubsub();
         log::info!("redis subscription up: PSUBSCRIBE {pattern}");
-        self.state.0.store(true, Ordering::Relaxed);
+        if *sessions > 0 {
+            Metrics::count(&self.store.metrics().redis_resubscribes_total);
+        }
+        *sessions += 1;
         *backoff = BACKOFF_MIN;
         if let Err(e) = self.resync() {
             return End::Lost(format!("resync after subscribing failed: {e}"));
         }
+        // Up only once resynced: a stream that was waiting has what it missed.
+        self.store.subscription().set(true);
 
         // The connection's read timeout is the tick: every quiet tick, check for shutdown
         // and PING; a PING that gets no answer within the timeout means the link is dead.
@@ -127,7 +136,8 @@ impl Feed {
             match pubsub.get_message() {
                 Ok(msg) => self.deliver(msg.get_channel_name(), msg.get_payload_bytes()),
                 Err(e) if e.is_timeout() => {
-                    if let Err(e) = pubsub.ping::<redis::Value>() {
+                    let pong = pubsub.ping::<redis::Value>().and_then(|v| v.extract_error());
+                    if let Err(e) = pong {
                         return End::Lost(format!("no answer to PING: {e}"));
                     }
                 }
@@ -167,6 +177,23 @@ impl Feed {
             );
         }
         Ok(())
+    }
+}
+
+/// Sends `PSUBSCRIBE pattern` and checks Redis confirmed it. (The redis crate's
+/// `PubSub::psubscribe` returns `Ok` whatever the reply, a `NOPERM` refusal included.)
+fn psubscribe(con: &mut redis::Connection, pattern: &str) -> Result<(), String> {
+    let reply: redis::Value = redis::cmd("PSUBSCRIBE")
+        .arg(pattern)
+        .query(con)
+        .map_err(|e| format!("PSUBSCRIBE refused: {e}"))?;
+    match &reply {
+        redis::Value::Array(items) | redis::Value::Push { data: items, .. }
+            if items.first() == Some(&redis::Value::BulkString(b"psubscribe".to_vec())) =>
+        {
+            Ok(())
+        }
+        other => Err(format!("PSUBSCRIBE not confirmed: {other:?}")),
     }
 }
 

@@ -11,7 +11,11 @@ use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 use redis::{Client, Connection, ConnectionLike, IntoConnectionInfo, RedisError, Script};
 
+use std::sync::Arc;
+
+use super::psubscribe::SubscriptionState;
 use super::{Store, StoreError};
+use crate::metrics::Metrics;
 use crate::ping::LastPing;
 
 /// KEYS[1] the user's hash; ARGV: time (s), status, channel, now (us). Computes the sequence
@@ -32,6 +36,8 @@ pub struct RedisStore {
     pool: Pool,
     record: Script,
     timeout: Duration,
+    subscription: SubscriptionState,
+    metrics: Arc<Metrics>,
 }
 
 /// Names of keys and channels under the configured prefix.
@@ -94,13 +100,37 @@ impl RedisStore {
         prefix: &str,
         pool_size: usize,
         timeout: Duration,
+        metrics: Arc<Metrics>,
     ) -> Result<RedisStore, RedisError> {
         Ok(RedisStore {
             pool: Pool::new(Connector::new(url)?, pool_size, timeout),
             keys: Keys::new(prefix),
             record: Script::new(RECORD_SCRIPT),
             timeout,
+            subscription: SubscriptionState::default(),
+            metrics,
         })
+    }
+
+    /// Whether the `redis-psubscribe` thread is subscribed; that thread sets it.
+    pub fn subscription(&self) -> &SubscriptionState {
+        &self.subscription
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Runs `f` on a pooled connection, counting failures.
+    fn with<T>(
+        &self,
+        f: impl FnMut(&mut Connection) -> Result<T, RedisError>,
+    ) -> Result<T, StoreError> {
+        let result = self.pool.with(f);
+        if result.is_err() {
+            Metrics::count(&self.metrics.redis_errors_total);
+        }
+        result
     }
 
     pub fn keys(&self) -> &Keys {
@@ -121,7 +151,7 @@ impl RedisStore {
                 .arg(self.keys.last(user))
                 .arg(&["seq", "time", "status"]);
         }
-        let rows: Vec<Row> = self.pool.with(|con| pipe.query(con))?;
+        let rows: Vec<Row> = self.with(|con| pipe.query(con))?;
         Ok(users
             .iter()
             .zip(rows)
@@ -149,7 +179,7 @@ impl Store for RedisStore {
             .arg(status)
             .arg(self.keys.channel(user))
             .arg(now_micros);
-        let seq: u64 = self.pool.with(|con| invocation.invoke(con))?;
+        let seq: u64 = self.with(|con| invocation.invoke(con))?;
         Ok(LastPing {
             seq,
             time,
@@ -158,13 +188,26 @@ impl Store for RedisStore {
     }
 
     fn last(&self, user: &str) -> Result<Option<LastPing>, StoreError> {
-        let row: Row = self.pool.with(|con| {
+        let row: Row = self.with(|con| {
             redis::cmd("HMGET")
                 .arg(self.keys.last(user))
                 .arg(&["seq", "time", "status"])
                 .query(con)
         })?;
         Ok(row_to_ping(row))
+    }
+
+    fn health(&self) -> Result<(), String> {
+        if !self.subscription.is_up() {
+            return Err("redis subscription down".into());
+        }
+        self.with(|con| redis::cmd("PING").query::<String>(con))
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    fn subscription_up(&self) -> Option<bool> {
+        Some(self.subscription.is_up())
     }
 }
 

@@ -1,0 +1,241 @@
+//! What operators use: health, metrics, CORS, logs, `--version`, `healthcheck`, and the curl
+//! smoke script, against the real binary.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use support::{AT_ONCE, Heartbeat, Redis, SOON};
+
+fn get(heartbeat: &Heartbeat, path: &str) -> support::Reply {
+    heartbeat.request(format!("GET {path} HTTP/1.1\r\nConnection: close\r\n\r\n").as_bytes())
+}
+
+#[test]
+fn healthz_is_200_with_redis_up_and_503_with_a_reason_when_it_is_down() {
+    let mut redis = Redis::start();
+    let heartbeat = Heartbeat::start(&redis.addr());
+    let ok = get(&heartbeat, "/healthz");
+    assert_eq!(ok.status, 200);
+    assert_eq!(ok.header("content-type"), Some("application/json"));
+    let body: serde_json::Value = serde_json::from_str(&ok.body).unwrap();
+    assert_eq!(body, serde_json::json!({"status": "ok", "store": "redis"}));
+
+    redis.kill();
+    let down = get(&heartbeat, "/healthz");
+    assert_eq!(down.status, 503);
+    let body: serde_json::Value = serde_json::from_str(&down.body).unwrap();
+    assert_eq!(body["status"], "unavailable");
+    assert!(
+        body["reason"].as_str().is_some_and(|r| !r.is_empty()),
+        "{body}"
+    );
+}
+
+#[test]
+fn healthz_is_503_when_only_the_subscription_is_down() {
+    let redis = Redis::start();
+    // A user that may do everything but PSUBSCRIBE: pings work, the subscription cannot.
+    let _: String = redis.query(redis::cmd("ACL").arg("SETUSER").arg("nosub").arg(&[
+        "on",
+        ">secret",
+        "~*",
+        "&*",
+        "+@all",
+        "-psubscribe",
+    ]));
+    let url = format!("redis://nosub:secret@127.0.0.1:{}", redis.port);
+    let dir = support::TempDir::new("nosub");
+    let heartbeat = Heartbeat::launch_in(dir, &[("REDIS", &url)]);
+    heartbeat.wait_for_log("redis subscription down");
+    assert!(
+        !heartbeat.logs().contains("secret"),
+        "the password is not logged"
+    );
+    assert_eq!(
+        heartbeat.ping("ivan", "1").status,
+        200,
+        "plain commands work"
+    );
+    let health = get(&heartbeat, "/healthz");
+    assert_eq!(health.status, 503, "{health:?}");
+    assert!(health.body.contains("subscription down"), "{}", health.body);
+    let metrics = get(&heartbeat, "/metrics").body;
+    assert!(
+        metrics.contains("\nheartbeat_redis_subscription_up 0\n"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn metrics_count_pings_streams_and_deliveries_in_prometheus_text() {
+    let redis = Redis::start();
+    let heartbeat = Heartbeat::start(&redis.addr());
+    let mut sse = heartbeat.subscribe("/subscribe/jan");
+    heartbeat.ping("jan", "1");
+    heartbeat.ping("jan", "2");
+    heartbeat.post_ping(None, "{}").assert_refused(400);
+    assert_eq!(sse.expect_ping(SOON).1, "1");
+    assert_eq!(sse.expect_ping(SOON).1, "2");
+
+    let reply = get(&heartbeat, "/metrics");
+    assert_eq!(reply.status, 200);
+    assert!(
+        reply
+            .header("content-type")
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let value = |name: &str| -> u64 {
+        let line = reply
+            .body
+            .lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .unwrap_or_else(|| panic!("no {name} in\n{}", reply.body));
+        line[name.len() + 1..].parse().unwrap()
+    };
+    assert_eq!(value("heartbeat_pings_accepted_total"), 2);
+    assert_eq!(
+        value("heartbeat_pings_refused_total{reason=\"invalid\"}"),
+        1
+    );
+    assert_eq!(value("heartbeat_streams"), 1);
+    assert_eq!(value("heartbeat_events_delivered_total"), 2);
+    assert_eq!(value("heartbeat_redis_subscription_up"), 1);
+    assert_eq!(
+        value(&format!(
+            "heartbeat_build_info{{version=\"{}\"}}",
+            env!("CARGO_PKG_VERSION")
+        )),
+        1
+    );
+}
+
+#[test]
+fn cors_allows_the_configured_origin_on_pings_preflights_and_streams() {
+    let app = "http://app.example:3000";
+    let heartbeat = Heartbeat::start_with(&[("REDIS", "memory"), ("CORS_ORIGINS", app)]);
+    let preflight = heartbeat.request(
+        format!(
+            "OPTIONS /ping HTTP/1.1\r\nOrigin: {app}\r\nAccess-Control-Request-Method: POST\r\n\
+             Access-Control-Request-Headers: content-type, x-user-claim\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    assert_eq!(preflight.status, 204);
+    assert_eq!(preflight.header("access-control-allow-origin"), Some(app));
+    assert!(
+        preflight
+            .header("access-control-allow-headers")
+            .unwrap()
+            .contains("X-User-Claim")
+    );
+
+    let body = r#"{"status":"1"}"#;
+    let ping = heartbeat.request(
+        format!(
+            "POST /ping HTTP/1.1\r\nOrigin: {app}\r\nX-User-Claim: {{\"userid\":\"kai\"}}\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    assert_eq!(ping.status, 200);
+    assert_eq!(ping.header("access-control-allow-origin"), Some(app));
+
+    let stream = heartbeat.connect();
+    let request = format!("GET /subscribe/kai HTTP/1.1\r\nOrigin: {app}\r\n\r\n");
+    std::io::Write::write_all(&mut &stream, request.as_bytes()).unwrap();
+    let head = support::read_reply(&mut std::io::BufReader::new(stream)).unwrap();
+    assert_eq!(head.header("access-control-allow-origin"), Some(app));
+
+    let without = Heartbeat::start("memory");
+    let reply = without.post_ping(Some(r#"{"userid":"kai"}"#), body);
+    assert_eq!(
+        reply.header("access-control-allow-origin"),
+        None,
+        "off by default"
+    );
+}
+
+#[test]
+fn info_logs_have_no_line_per_request() {
+    let redis = Redis::start();
+    let heartbeat = Heartbeat::start(&redis.addr());
+    let before = heartbeat.logs().lines().count();
+    for n in 0..20 {
+        heartbeat.ping("lou", &n.to_string());
+        let mut sse = heartbeat.subscribe("/subscribe/lou");
+        sse.expect_ping(AT_ONCE);
+    }
+    heartbeat.post_ping(None, "{}").assert_refused(400);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        heartbeat.logs().lines().count(),
+        before,
+        "{}",
+        heartbeat.logs()
+    );
+}
+
+#[test]
+fn version_and_healthcheck_commands() {
+    let binary = env!("CARGO_BIN_EXE_heartbeat");
+    let version = Command::new(binary).arg("--version").output().unwrap();
+    assert!(version.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&version.stdout),
+        format!("heartbeat {}\n", env!("CARGO_PKG_VERSION"))
+    );
+    let usage = Command::new(binary).arg("--bogus").output().unwrap();
+    assert_eq!(usage.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&usage.stderr).contains("usage: heartbeat"));
+
+    let heartbeat = Heartbeat::start("memory");
+    let dir = support::TempDir::new("healthcheck");
+    let check = |listen: &str| {
+        Command::new(binary)
+            .arg("healthcheck")
+            .current_dir(&dir.0)
+            .env_clear()
+            .env("LISTEN", listen)
+            .output()
+            .unwrap()
+    };
+    let healthy = check(&format!(":{}", heartbeat.addr.port()));
+    assert!(healthy.status.success(), "{healthy:?}");
+    let nothing = check(&format!("127.0.0.1:{}", support::free_port()));
+    assert_eq!(nothing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&nothing.stderr).contains("heartbeat:"));
+}
+
+#[test]
+fn the_curl_smoke_script_passes_against_the_binary() {
+    let redis = Redis::start();
+    let heartbeat = Heartbeat::start(&redis.addr());
+    let output = Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/smoke.sh"))
+        .arg(format!("http://{}", heartbeat.addr))
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        printed.lines().filter(|l| l.starts_with("ok ")).count() >= 5,
+        "{printed}"
+    );
+
+    // And it fails, saying why, when the service is not there.
+    let output = Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/smoke.sh"))
+        .arg(format!("http://127.0.0.1:{}", support::free_port()))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stdout).starts_with("FAIL"));
+}
