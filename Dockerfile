@@ -13,4 +13,6 @@ COPY .env /.env
 WORKDIR /
 USER 10001:10001
 EXPOSE 8080
+# No curl in a scratch image: the binary asks its own /healthz.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=2s CMD ["/heartbeat", "healthcheck"]
 ENTRYPOINT ["/heartbeat"]

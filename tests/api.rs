@@ -409,7 +409,7 @@ fn bad_configuration_exits_non_zero_naming_the_variable() {
     ];
     for (var, value) in cases {
         let dir = support::TempDir::new("config");
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_heartbeat"))
+        let output = std::process::Command::new(support::binary())
             .current_dir(&dir.0)
             .env_clear()
             .env(var, value)
@@ -443,7 +443,7 @@ fn dot_env_supplies_defaults_that_the_environment_overrides() {
 
     let bad = support::TempDir::new("baddotenv");
     std::fs::write(bad.0.join(".env"), "REDIS='memory\n").unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_heartbeat"))
+    let output = std::process::Command::new(support::binary())
         .current_dir(&bad.0)
         .env_clear()
         .output()

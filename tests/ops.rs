@@ -181,21 +181,21 @@ fn info_logs_have_no_line_per_request() {
 
 #[test]
 fn version_and_healthcheck_commands() {
-    let binary = env!("CARGO_BIN_EXE_heartbeat");
-    let version = Command::new(binary).arg("--version").output().unwrap();
+    let binary = support::binary();
+    let version = Command::new(&binary).arg("--version").output().unwrap();
     assert!(version.status.success());
     assert_eq!(
         String::from_utf8_lossy(&version.stdout),
         format!("heartbeat {}\n", env!("CARGO_PKG_VERSION"))
     );
-    let usage = Command::new(binary).arg("--bogus").output().unwrap();
+    let usage = Command::new(&binary).arg("--bogus").output().unwrap();
     assert_eq!(usage.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&usage.stderr).contains("usage: heartbeat"));
 
     let heartbeat = Heartbeat::start("memory");
     let dir = support::TempDir::new("healthcheck");
     let check = |listen: &str| {
-        Command::new(binary)
+        Command::new(&binary)
             .arg("healthcheck")
             .current_dir(&dir.0)
             .env_clear()

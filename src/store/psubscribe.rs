@@ -136,7 +136,9 @@ impl Feed {
             match pubsub.get_message() {
                 Ok(msg) => self.deliver(msg.get_channel_name(), msg.get_payload_bytes()),
                 Err(e) if e.is_timeout() => {
-                    let pong = pubsub.ping::<redis::Value>().and_then(|v| v.extract_error());
+                    let pong = pubsub
+                        .ping::<redis::Value>()
+                        .and_then(|v| v.extract_error());
                     if let Err(e) = pong {
                         return End::Lost(format!("no answer to PING: {e}"));
                     }

@@ -307,6 +307,17 @@ impl Drop for Heartbeat {
     }
 }
 
+/// The binary under test: `HEARTBEAT_BIN` if set (CI sets it to the static release build,
+/// the one that ships), else the one cargo built for these tests.
+pub fn binary() -> PathBuf {
+    match std::env::var_os("HEARTBEAT_BIN") {
+        Some(path) => {
+            std::fs::canonicalize(&path).unwrap_or_else(|e| panic!("HEARTBEAT_BIN={path:?}: {e}"))
+        }
+        None => PathBuf::from(env!("CARGO_BIN_EXE_heartbeat")),
+    }
+}
+
 /// Starts the binary in `dir` (so no `.env` of the repository applies), logging to a file.
 pub fn spawn_heartbeat(dir: &Path, env: &[(&str, &str)]) -> (Child, PathBuf) {
     spawn_heartbeat_limited(dir, env, None)
@@ -319,12 +330,12 @@ fn spawn_heartbeat_limited(
 ) -> (Child, PathBuf) {
     let log = dir.join("heartbeat.log");
     let log_file = std::fs::File::create(&log).expect("create the log file");
-    let binary = env!("CARGO_BIN_EXE_heartbeat");
+    let binary = binary();
     let mut command = match nofile {
-        None => Command::new(binary),
+        None => Command::new(&binary),
         Some(n) => {
             let mut c = Command::new("prlimit");
-            c.arg(format!("--nofile={n}:{n}")).arg("--").arg(binary);
+            c.arg(format!("--nofile={n}:{n}")).arg("--").arg(&binary);
             c
         }
     };

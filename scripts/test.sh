@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Runs every test the way CI does: builds the static release binary (the one that ships) and
+# runs the whole suite against it (HEARTBEAT_BIN), the curl smoke script and the Chromium test
+# included. Needs redis-server on PATH; the browser test installs chromium when missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bin=$(scripts/build-static.sh)
+HEARTBEAT_BIN="$bin" cargo test --locked
