@@ -90,6 +90,9 @@ pub enum ReadError {
 #[derive(Default)]
 pub struct RequestReader {
     buf: Vec<u8>,
+    /// The read timeout last set on the socket: set again only when it changes, which saves
+    /// a system call on almost every request.
+    read_timeout: Option<Duration>,
 }
 
 impl RequestReader {
@@ -152,7 +155,10 @@ impl RequestReader {
     }
 
     fn fill<S: Transport>(&mut self, stream: &mut S, timeout: Duration) -> io::Result<usize> {
-        stream.set_read_timeout(Some(timeout))?;
+        if self.read_timeout != Some(timeout) {
+            stream.set_read_timeout(Some(timeout))?;
+            self.read_timeout = Some(timeout);
+        }
         let len = self.buf.len();
         self.buf.resize(len + READ_CHUNK, 0);
         let result = loop {
@@ -168,7 +174,8 @@ impl RequestReader {
 
 /// Parses a complete head from `buf`, or `None` if more bytes are needed.
 fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usize)>, ReadError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    // On the heap: 2 KiB on the stack would stay resident in every stream thread's stack.
+    let mut headers = vec![httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut head = httparse::Request::new(&mut headers);
     let head_len = match head.parse(buf) {
         Ok(httparse::Status::Complete(len)) => len,

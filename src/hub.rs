@@ -108,6 +108,11 @@ impl Hub {
         delivered
     }
 
+    /// Whether `user` has a local subscriber: a cheap check before building an event.
+    pub fn is_watched(&self, user: &str) -> bool {
+        self.inner.lock().users.contains_key(user)
+    }
+
     /// The users that have at least one local subscriber.
     pub fn users(&self) -> Vec<String> {
         self.inner.lock().users.keys().cloned().collect()

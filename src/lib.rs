@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod budget;
+pub mod cached;
 pub mod config;
 pub mod http;
 pub mod hub;
@@ -29,6 +30,7 @@ use std::time::Instant;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::budget::SystemLimits;
+use crate::cached::CachedReads;
 use crate::config::{Config, ConfigError, Listen, StoreConfig};
 use crate::http::Timeouts;
 use crate::hub::Hub;
@@ -100,6 +102,8 @@ pub fn run() -> Result<(), StartError> {
         }
     };
 
+    let cached = CachedReads::start(Arc::clone(&store), Arc::clone(&hub))
+        .map_err(|e| StartError::Setup(format!("cached-reads thread: {e}")))?;
     let listener = bind(&config.listen)?;
     let budget = SystemLimits::read().budget(config.max_connections, config.redis_pool_size);
     let server = Server::new(
@@ -114,8 +118,8 @@ pub fn run() -> Result<(), StartError> {
                 connection_budget: budget.connections,
             },
             hub,
-            store,
             metrics,
+            cached,
             limits: config.limits,
             timeouts: Timeouts {
                 idle: config.idle_timeout,

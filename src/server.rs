@@ -11,12 +11,12 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, TryRecvError};
 use parking_lot::Mutex;
 
+use crate::cached::CachedReads;
 use crate::config::Limits;
 use crate::http::{EventStream, ReadError, RequestReader, Response, Timeouts};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::routes::{Outcome, Routes, Subscribe};
-use crate::store::Store;
 use crate::stream;
 
 /// Stack of each connection thread. Our deepest path (a ping through serde_json and the
@@ -35,7 +35,6 @@ const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
 pub struct Shared {
     pub routes: Routes,
     pub hub: Arc<Hub>,
-    pub store: Arc<dyn Store>,
     pub limits: Limits,
     pub timeouts: Timeouts,
     /// A write that blocks longer than this ends the connection.
@@ -43,6 +42,7 @@ pub struct Shared {
     pub keepalive: Duration,
     pub max_connections: usize,
     pub metrics: Arc<Metrics>,
+    pub cached: CachedReads,
 }
 
 /// Decrements a counter when dropped, whatever way a connection thread ends.
@@ -219,16 +219,11 @@ fn serve_connection(stream: TcpStream, shared: &Shared) {
 fn serve_stream(stream: &TcpStream, minor_version: u8, subscribe: &Subscribe, shared: &Shared) {
     // Registered before the cached ping is read, so no ping falls in between.
     let subscription = shared.hub.subscribe(&subscribe.user);
+    shared.cached.request(&subscribe.user);
     let client = subscribe.client.as_deref().unwrap_or("-");
     let result = EventStream::start(stream, minor_version, &subscribe.headers).and_then(|out| {
         log::debug!("stream of {:?} to {client} opened", subscribe.user);
-        stream::serve(
-            out,
-            &subscription,
-            shared.store.as_ref(),
-            shared.keepalive,
-            &shared.metrics,
-        )
+        stream::serve(out, &subscription, shared.keepalive, &shared.metrics)
     });
     match result {
         Ok(()) => log::debug!("stream of {:?} to {client} ended", subscribe.user),

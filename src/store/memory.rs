@@ -42,6 +42,14 @@ impl Store for MemoryStore {
         Ok(self.last.lock().get(user).cloned())
     }
 
+    fn last_many(&self, users: &[String]) -> Result<Vec<(String, LastPing)>, StoreError> {
+        let last = self.last.lock();
+        Ok(users
+            .iter()
+            .filter_map(|u| Some((u.clone(), last.get(u)?.clone())))
+            .collect())
+    }
+
     fn health(&self) -> Result<(), String> {
         Ok(())
     }

@@ -8,11 +8,12 @@
 mod memory;
 pub mod psubscribe;
 mod redis;
+mod writer;
 
 use std::fmt;
 
 pub use self::memory::MemoryStore;
-pub use self::redis::{Keys, RedisStore};
+pub use self::redis::{Keys, RECORD_SCRIPT, RedisStore};
 
 use crate::ping::LastPing;
 
@@ -26,6 +27,9 @@ pub trait Store: Send + Sync {
 
     /// The user's last ping, if the user ever pinged.
     fn last(&self, user: &str) -> Result<Option<LastPing>, StoreError>;
+
+    /// The last pings of those of `users` that have one, in one round trip.
+    fn last_many(&self, users: &[String]) -> Result<Vec<(String, LastPing)>, StoreError>;
 
     /// Whether pings can be stored and delivered now; the reason if not.
     fn health(&self) -> Result<(), String>;

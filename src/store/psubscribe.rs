@@ -15,7 +15,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use super::redis::parse_message;
-use super::{RedisStore, StoreError};
+use super::{RedisStore, Store, StoreError};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::ping::Event;
@@ -152,6 +152,9 @@ impl Feed {
         let Some(user) = self.store.keys().user_of_channel(channel) else {
             return;
         };
+        if !self.hub.is_watched(user) {
+            return; // most pings, on an instance whose watchers watch others
+        }
         match std::str::from_utf8(payload).ok().and_then(parse_message) {
             Some(ping) => {
                 self.hub.publish(user, Arc::new(Event::from(&ping)));

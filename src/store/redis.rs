@@ -1,9 +1,10 @@
-//! The Redis store: last pings in hashes, delivery by `PUBLISH`, through a small bounded pool.
+//! The Redis store: last pings in hashes, delivery by `PUBLISH`.
 //!
 //! Each user has a hash `<prefix>last:<user>` with `seq`, `time` and `status`, and a channel
 //! `<prefix>ping:<user>` whose messages are `"<seq> <time> <status>"`. One Lua script bumps
 //! the sequence number, stores the ping and publishes it, so a ping is stored and published
-//! in one round trip or not at all.
+//! in one round trip or not at all. Pings go through the pipelining `redis-writer` threads
+//! ([`super::writer`]); cached reads and health checks through a small bounded pool.
 
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,7 @@ use redis::{Client, Connection, ConnectionLike, IntoConnectionInfo, RedisError, 
 use std::sync::Arc;
 
 use super::psubscribe::SubscriptionState;
+use super::writer::Writers;
 use super::{Store, StoreError};
 use crate::metrics::Metrics;
 use crate::ping::LastPing;
@@ -21,7 +23,7 @@ use crate::ping::LastPing;
 /// KEYS[1] the user's hash; ARGV: time (s), status, channel, now (us). Computes the sequence
 /// number as [`next_seq`](super::next_seq) does; microseconds since 1970 fit exactly in a
 /// Lua number (a double) until the year 2255.
-const RECORD_SCRIPT: &str = r"
+pub const RECORD_SCRIPT: &str = r"
 local stored = tonumber(redis.call('HGET', KEYS[1], 'seq'))
 local seq = math.max(stored and stored + 1 or 0, tonumber(ARGV[4]))
 seq = string.format('%d', seq)
@@ -34,7 +36,7 @@ return seq
 pub struct RedisStore {
     keys: Keys,
     pool: Pool,
-    record: Script,
+    writers: Writers,
     timeout: Duration,
     subscription: SubscriptionState,
     metrics: Arc<Metrics>,
@@ -102,10 +104,19 @@ impl RedisStore {
         timeout: Duration,
         metrics: Arc<Metrics>,
     ) -> Result<RedisStore, RedisError> {
+        let connector = Arc::new(Connector::new(url)?);
+        let script = Script::new(RECORD_SCRIPT);
+        let writers = Writers::start(
+            Arc::clone(&connector),
+            script.get_hash().to_owned(),
+            RECORD_SCRIPT,
+            Arc::clone(&metrics),
+        )
+        .map_err(RedisError::from)?;
         Ok(RedisStore {
-            pool: Pool::new(Connector::new(url)?, pool_size, timeout),
+            pool: Pool::new(connector, pool_size, timeout),
             keys: Keys::new(prefix),
-            record: Script::new(RECORD_SCRIPT),
+            writers,
             timeout,
             subscription: SubscriptionState::default(),
             metrics,
@@ -142,22 +153,6 @@ impl RedisStore {
     pub fn connect(&self) -> Result<Connection, RedisError> {
         self.pool.connector.connect(self.timeout)
     }
-
-    /// The last pings of `users` that have one, in one round trip.
-    pub fn last_many(&self, users: &[String]) -> Result<Vec<(String, LastPing)>, StoreError> {
-        let mut pipe = redis::pipe();
-        for user in users {
-            pipe.cmd("HMGET")
-                .arg(self.keys.last(user))
-                .arg(&["seq", "time", "status"]);
-        }
-        let rows: Vec<Row> = self.with(|con| pipe.query(con))?;
-        Ok(users
-            .iter()
-            .zip(rows)
-            .filter_map(|(user, row)| Some((user.clone(), row_to_ping(row)?)))
-            .collect())
-    }
 }
 
 type Row = (Option<u64>, Option<u64>, Option<String>);
@@ -173,13 +168,14 @@ fn row_to_ping((seq, time, status): Row) -> Option<LastPing> {
 impl Store for RedisStore {
     fn record(&self, user: &str, status: &str, now_micros: u64) -> Result<LastPing, StoreError> {
         let time = now_micros / 1_000_000;
-        let mut invocation = self.record.key(self.keys.last(user));
-        invocation
-            .arg(time)
-            .arg(status)
-            .arg(self.keys.channel(user))
-            .arg(now_micros);
-        let seq: u64 = self.with(|con| invocation.invoke(con))?;
+        let seq = self.writers.record(
+            self.keys.last(user),
+            self.keys.channel(user),
+            time,
+            status,
+            now_micros,
+            self.timeout,
+        )?;
         Ok(LastPing {
             seq,
             time,
@@ -197,6 +193,21 @@ impl Store for RedisStore {
         Ok(row_to_ping(row))
     }
 
+    fn last_many(&self, users: &[String]) -> Result<Vec<(String, LastPing)>, StoreError> {
+        let mut pipe = redis::pipe();
+        for user in users {
+            pipe.cmd("HMGET")
+                .arg(self.keys.last(user))
+                .arg(&["seq", "time", "status"]);
+        }
+        let rows: Vec<Row> = self.with(|con| pipe.query(con))?;
+        Ok(users
+            .iter()
+            .zip(rows)
+            .filter_map(|(user, row)| Some((user.clone(), row_to_ping(row)?)))
+            .collect())
+    }
+
     fn health(&self) -> Result<(), String> {
         if !self.subscription.is_up() {
             return Err("redis subscription down".into());
@@ -212,7 +223,7 @@ impl Store for RedisStore {
 }
 
 /// How to reach Redis within a time budget.
-struct Connector {
+pub(super) struct Connector {
     client: Client,
     /// Replies the redis crate waits for while setting a connection up (`AUTH`, `SELECT`).
     setup_replies: u32,
@@ -235,7 +246,7 @@ impl Connector {
     /// Connects within `budget`, leaving the connection with `budget` as its read and write
     /// timeout. The crate applies its timeout to the TCP connect and again to each setup reply,
     /// so the budget is shared out among them.
-    fn connect(&self, budget: Duration) -> Result<Connection, RedisError> {
+    pub(super) fn connect(&self, budget: Duration) -> Result<Connection, RedisError> {
         let con = self
             .client
             .get_connection_with_timeout(budget / (self.setup_replies + 1))?;
@@ -252,7 +263,7 @@ impl Connector {
 /// connecting and the command itself all come out of it, so a ping is answered within about
 /// that time even when Redis is frozen.
 struct Pool {
-    connector: Connector,
+    connector: Arc<Connector>,
     timeout: Duration,
     idle: Mutex<Vec<Connection>>,
     /// One token per connection that may exist; holding one is the right to use one.
@@ -261,7 +272,7 @@ struct Pool {
 }
 
 impl Pool {
-    fn new(connector: Connector, size: usize, timeout: Duration) -> Pool {
+    fn new(connector: Arc<Connector>, size: usize, timeout: Duration) -> Pool {
         let (give_back, take) = crossbeam_channel::bounded(size);
         for _ in 0..size {
             give_back.send(()).expect("the pool holds its receiver");
@@ -332,7 +343,7 @@ impl Drop for Token<'_> {
 }
 
 /// Time left before `deadline`, or a timeout error once it has passed.
-fn left_until(deadline: Instant) -> Result<Duration, RedisError> {
+pub(super) fn left_until(deadline: Instant) -> Result<Duration, RedisError> {
     deadline
         .checked_duration_since(Instant::now())
         .filter(|left| *left >= Duration::from_millis(1))
@@ -341,7 +352,7 @@ fn left_until(deadline: Instant) -> Result<Duration, RedisError> {
         })
 }
 
-fn unavailable(error: RedisError) -> StoreError {
+pub(super) fn unavailable(error: RedisError) -> StoreError {
     StoreError::Unavailable(error.to_string().replace(['\r', '\n'], " "))
 }
 
