@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# Benchmarks heartbeat on this machine and prints every figure against its target.
+#   scripts/bench.sh           the full run (a few minutes): 10,000 and 15,000 streams
+#   scripts/bench.sh --quick   a CI-sized run (a few hundred streams, a few seconds)
+# Starts its own redis-server and heartbeat (release build) on free loopback ports; needs
+# redis-server, redis-benchmark and wrk (apt-get install -y redis-server redis-tools wrk).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+quick=false
+[ "${1:-}" = "--quick" ] && quick=true
+if $quick; then
+  streams=300; streams_max=500; users=30; rate=200; seconds=3; wrk_time=2s; rb_requests=20000
+else
+  streams=10000; streams_max=15000; users=1000; rate=1000; seconds=20; wrk_time=10s; rb_requests=300000
+fi
+
+for tool in redis-server redis-cli redis-benchmark wrk; do
+  command -v "$tool" >/dev/null || { echo "bench: $tool not found (apt-get install -y redis-server redis-tools wrk)"; exit 1; }
+done
+cargo build --release --locked -p heartbeat -p heartbeat-bench >&2
+hb=target/release/heartbeat
+bench=target/release/heartbeat-bench
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { # a loopback port nothing listens on
+  local port
+  while :; do
+    port=$((20000 + RANDOM % 40000))
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || { echo "$port"; return; }
+  done
+}
+
+redis_port=$(free_port)
+redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no \
+  --dir "$work" --logfile "$work/redis.log" &
+pids+=($!)
+until redis-cli -p "$redis_port" ping 2>/dev/null | grep -q PONG; do sleep 0.05; done
+
+start_heartbeat() { # start_heartbeat PORT -> sets hb_pid
+  LISTEN="127.0.0.1:$1" REDIS="127.0.0.1:$redis_port" KEY_PREFIX="bench:" LOG_LEVEL=warn \
+    "$hb" 2>>"$work/heartbeat.log" &
+  hb_pid=$!
+  pids+=("$hb_pid")
+  until curl -sf "http://127.0.0.1:$1/healthz" >/dev/null; do sleep 0.02; done
+}
+stop_heartbeat() { kill -TERM "$hb_pid"; wait "$hb_pid" 2>/dev/null || true; }
+result() { sed -n "s/^result $1=//p" "$2" | tail -1; }
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+
+echo "== machine: $(nproc) cores, $(free -g | awk '/^Mem:/ {print $2}') GiB, $(uname -r)"
+echo "== heartbeat $("$hb" --version | cut -d' ' -f2), release build; redis $(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/')"
+
+size=$(stat -c %s "$hb")
+echo "binary: $size bytes"
+
+port=$(free_port)
+"$bench" startup "127.0.0.1:$port" env LISTEN="127.0.0.1:$port" REDIS=memory LOG_LEVEL=warn "$hb" | tee "$work/startup"
+ready=$(result ready_ms "$work/startup")
+
+port=$(free_port)
+start_heartbeat "$port"
+sleep 1
+idle=$(rss_kib "$hb_pid")
+echo "idle RSS on Redis: $idle KiB"
+
+echo "== $streams streams over $users users, $rate pings/s for $seconds s"
+"$bench" run --addr "127.0.0.1:$port" --pid "$hb_pid" --streams "$streams" --users "$users" \
+  --rate "$rate" --seconds "$seconds" | tee "$work/run"
+stop_heartbeat
+
+echo "== $streams_max streams held (memory), $rate pings/s for 3 s"
+port=$(free_port)
+start_heartbeat "$port"
+"$bench" run --addr "127.0.0.1:$port" --pid "$hb_pid" --streams "$streams_max" --users "$users" \
+  --rate "$rate" --seconds 3 | tee "$work/run_max"
+stop_heartbeat
+
+echo "== wrk: POST /ping, 32 connections, $wrk_time, a different user each request"
+port=$(free_port)
+start_heartbeat "$port"
+wrk -t2 -c32 -d"$wrk_time" --latency -s scripts/wrk-ping.lua "http://127.0.0.1:$port" | tee "$work/wrk"
+stop_heartbeat
+
+echo "== ceiling: redis-benchmark of the store-and-publish script (EVALSHA), 32 clients"
+sha=$(redis-cli -p "$redis_port" SCRIPT LOAD "$("$bench" record-script)")
+redis-benchmark -p "$redis_port" -c 32 -n "$rb_requests" -r 1000 -q \
+  EVALSHA "$sha" 1 "bench:last:__rand_int__" 1700000000 1 "bench:ping:__rand_int__" 1700000000000000 \
+  | tr '\r' '\n' | grep -E 'requests per second' | tail -1 | tee "$work/redis"
+
+echo "== ceiling: wrk against heartbeat's HTTP layer answering a constant, 32 connections"
+port=$(free_port)
+"$bench" hello "127.0.0.1:$port" >/dev/null &
+pids+=($!)
+until curl -sf "http://127.0.0.1:$port/" >/dev/null; do sleep 0.02; done
+wrk -t2 -c32 -d"$wrk_time" --latency "http://127.0.0.1:$port/" | tee "$work/hello"
+
+# The figures against their targets.
+rps() { awk '/^Requests\/sec:/ {printf "%d", $2}' "$1"; }
+p99_ms() { awk '$1 == "99%" { v = $2; if (v ~ /us$/) { sub(/us$/, "", v); v /= 1000 } else if (v ~ /ms$/) { sub(/ms$/, "", v) } else if (v ~ /s$/) { sub(/s$/, "", v); v *= 1000 }; printf "%.2f", v }' "$1"; }
+ping_rps=$(rps "$work/wrk"); ping_p99=$(p99_ms "$work/wrk")
+hello_rps=$(rps "$work/hello")
+redis_rps=$(awk '{for (i = 1; i <= NF; i++) if ($(i+1) == "requests") printf "%d", $i}' "$work/redis")
+per_stream=$(result rss_per_stream_kib "$work/run")
+per_stream_max=$(result rss_per_stream_kib "$work/run_max")
+rss_max_mib=$(awk -v k="$(result rss_after_kib "$work/run_max")" 'BEGIN {printf "%.1f", k / 1024}')
+d99=$(awk -v u="$(result delivery_p99_us "$work/run")" 'BEGIN {printf "%.2f", u / 1000}')
+lost=$(( $(result deliveries_expected "$work/run") - $(result deliveries_received "$work/run") ))
+check() { if awk "BEGIN {exit !($1)}"; then echo "yes"; else echo "NO"; fi; }
+
+echo
+echo "| figure | measured | target | met |"
+echo "| --- | --- | --- | --- |"
+echo "| streams held | $(result streams_open "$work/run") | $streams | $(check "$(result streams_open "$work/run") >= $streams") |"
+echo "| delivery p99 at $rate pings/s | $d99 ms | <= 5 ms | $(check "$d99 <= 5") |"
+echo "| deliveries lost | $lost of $(result deliveries_expected "$work/run") | 0 | $(check "$lost == 0") |"
+echo "| RSS per stream ($streams) | $per_stream KiB | <= 12 KiB | $(check "$per_stream <= 12") |"
+echo "| RSS per stream ($streams_max) | $per_stream_max KiB | <= 12 KiB | $(check "$per_stream_max <= 12") |"
+echo "| RSS with $streams_max streams | $rss_max_mib MiB | < 250 MiB | $(check "$rss_max_mib < 250") |"
+echo "| pings/s, wrk -c32 | $ping_rps | >= 35000 | $(check "$ping_rps >= 35000") |"
+echo "| ping p99, wrk -c32 | $ping_p99 ms | < 10 ms | $(check "$ping_p99 < 10") |"
+echo "| idle RSS | $((idle)) KiB | < 5120 KiB | $(check "$idle < 5120") |"
+echo "| release binary | $size bytes | < 3000000 | $(check "$size < 3000000") |"
+echo "| ready after spawn | $ready ms | <= 50 ms | $(check "$ready <= 50") |"
+echo "| ceiling: Redis, script calls/s | $redis_rps | heartbeat at $(awk -v a="$ping_rps" -v b="$redis_rps" 'BEGIN {printf "%.0f%%", 100 * a / b}') | |"
+echo "| ceiling: HTTP layer, requests/s | $hello_rps | heartbeat at $(awk -v a="$ping_rps" -v b="$hello_rps" 'BEGIN {printf "%.0f%%", 100 * a / b}') | |"
