@@ -5,7 +5,9 @@ RUN apk add --no-cache musl-dev
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
-RUN cargo build --release --locked
+# The benchmark is a workspace member: its manifest must be there, though it is not built.
+COPY bench ./bench
+RUN cargo build --release --locked -p heartbeat
 
 FROM scratch
 COPY --from=build /src/target/release/heartbeat /heartbeat
