@@ -1,4 +1,5 @@
-//! The `cached-reads` thread: gives each new subscriber its user's last ping, through the hub.
+//! The `cached-reads` thread: gives each new subscriber its user's last ping, through the hub,
+//! and after a Redis resubscription, every watched user's.
 //!
 //! Streams do not read the store themselves: a Redis read on every stream thread would leave
 //! its stack and heap a few KiB larger for the stream's whole life (measured: 16.2 against
@@ -24,7 +25,8 @@ const BATCH: usize = 500;
 /// Wait before reading again the users whose read failed.
 const RETRY: Duration = Duration::from_secs(1);
 
-/// Where streams ask for their user's last ping.
+/// Where streams (and the resync after a Redis resubscription) ask for a user's last ping.
+#[derive(Clone)]
 pub struct CachedReads {
     requests: Sender<String>,
 }
@@ -117,9 +119,6 @@ mod tests {
     impl Store for Flaky {
         fn record(&self, user: &str, status: &str, now: u64) -> Result<LastPing, StoreError> {
             self.inner.record(user, status, now)
-        }
-        fn last(&self, user: &str) -> Result<Option<LastPing>, StoreError> {
-            self.inner.last(user)
         }
         fn last_many(&self, users: &[String]) -> Result<Vec<(String, LastPing)>, StoreError> {
             if self.failures.load(Ordering::SeqCst) > 0 {

@@ -76,10 +76,15 @@ pub fn run() -> Result<(), StartError> {
     let metrics = Arc::new(Metrics::default());
     // Dropping this sender (when `run` returns) stops the Redis subscription thread.
     let (stop_feed, feed_stopped) = crossbeam_channel::bounded::<()>(0);
-    let (store, feed): (Arc<dyn Store>, _) = match &config.store {
+    let start_cached = |store: Arc<dyn Store>| {
+        CachedReads::start(store, Arc::clone(&hub))
+            .map_err(|e| StartError::Setup(format!("cached-reads thread: {e}")))
+    };
+    let (store, cached, feed): (Arc<dyn Store>, _, _) = match &config.store {
         StoreConfig::Memory => {
             log::info!("store: in memory (one instance only; pings are lost on exit)");
-            (Arc::new(MemoryStore::new(Arc::clone(&hub))), None)
+            let store: Arc<dyn Store> = Arc::new(MemoryStore::new(Arc::clone(&hub)));
+            (Arc::clone(&store), start_cached(store)?, None)
         }
         StoreConfig::Redis(url) => {
             let store = RedisStore::new(
@@ -91,19 +96,23 @@ pub fn run() -> Result<(), StartError> {
             )
             .map_err(|e| StartError::Setup(format!("redis client for {}: {e}", redact(url))))?;
             let store = Arc::new(store);
-            let handle = psubscribe::spawn(Arc::clone(&store), Arc::clone(&hub), feed_stopped)
-                .map_err(|e| StartError::Setup(format!("redis-psubscribe thread: {e}")))?;
+            let cached = start_cached(Arc::clone(&store) as Arc<dyn Store>)?;
+            let handle = psubscribe::spawn(
+                Arc::clone(&store),
+                Arc::clone(&hub),
+                cached.clone(),
+                feed_stopped,
+            )
+            .map_err(|e| StartError::Setup(format!("redis-psubscribe thread: {e}")))?;
             log::info!(
                 "store: redis at {} with key prefix {:?}",
                 redact(url),
                 config.key_prefix
             );
-            (store as Arc<dyn Store>, Some(handle))
+            (store as Arc<dyn Store>, cached, Some(handle))
         }
     };
 
-    let cached = CachedReads::start(Arc::clone(&store), Arc::clone(&hub))
-        .map_err(|e| StartError::Setup(format!("cached-reads thread: {e}")))?;
     let listener = bind(&config.listen)?;
     let budget = SystemLimits::read().budget(config.max_connections, config.redis_pool_size);
     let server = Server::new(

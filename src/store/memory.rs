@@ -38,10 +38,6 @@ impl Store for MemoryStore {
         Ok(ping)
     }
 
-    fn last(&self, user: &str) -> Result<Option<LastPing>, StoreError> {
-        Ok(self.last.lock().get(user).cloned())
-    }
-
     fn last_many(&self, users: &[String]) -> Result<Vec<(String, LastPing)>, StoreError> {
         let last = self.last.lock();
         Ok(users
@@ -68,7 +64,7 @@ mod tests {
         let hub = Hub::new(16);
         let store = MemoryStore::new(Arc::clone(&hub));
         let watcher = hub.subscribe("alice");
-        assert_eq!(store.last("alice").unwrap(), None);
+        assert!(store.last_many(&["alice".into()]).unwrap().is_empty());
 
         // The same microsecond thrice: sequence numbers still increase by one.
         for (i, status) in ["0", "1", "2"].iter().enumerate() {
@@ -90,7 +86,7 @@ mod tests {
                 (100_000_002, r#"{"time":100,"status":"2"}"#.to_owned()),
             ]
         );
-        let last = store.last("alice").unwrap().unwrap();
+        let (_, last) = store.last_many(&["alice".into()]).unwrap().remove(0);
         assert_eq!(
             (last.seq, last.time, last.status.as_str()),
             (100_000_002, 100, "2")

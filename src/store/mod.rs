@@ -25,9 +25,6 @@ pub trait Store: Send + Sync {
     /// ping was neither stored nor delivered.
     fn record(&self, user: &str, status: &str, now_micros: u64) -> Result<LastPing, StoreError>;
 
-    /// The user's last ping, if the user ever pinged.
-    fn last(&self, user: &str) -> Result<Option<LastPing>, StoreError>;
-
     /// The last pings of those of `users` that have one, in one round trip.
     fn last_many(&self, users: &[String]) -> Result<Vec<(String, LastPing)>, StoreError>;
 

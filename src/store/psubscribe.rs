@@ -3,9 +3,10 @@
 //!
 //! It notices a dead or frozen connection by itself (a read timeout, and a `PING` whenever
 //! the connection has been quiet), reconnects with capped exponential backoff and jitter, and
-//! after every (re)subscription hands the hub the stored last ping of each user that has local
-//! subscribers, so a ping published while the subscription was down is not lost. Subscribers
-//! discard what they already have by sequence number.
+//! after every (re)subscription asks the `cached-reads` thread for the stored last ping of
+//! each user that has local subscribers, so a ping published while the subscription was down
+//! is not lost (that thread retries until it can read them). Subscribers discard what they
+//! already have by sequence number.
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -14,8 +15,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use super::RedisStore;
 use super::redis::parse_message;
-use super::{RedisStore, Store, StoreError};
+use crate::cached::CachedReads;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::ping::Event;
@@ -24,9 +26,6 @@ use crossbeam_channel::{Receiver, TryRecvError};
 /// First and longest wait between reconnection attempts.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
-
-/// Users per resync round trip, so a huge hub does not make one huge pipeline.
-const RESYNC_BATCH: usize = 500;
 
 /// Whether the subscription is up, for health checks; set only by the thread.
 #[derive(Default)]
@@ -47,11 +46,13 @@ impl SubscriptionState {
 pub fn spawn(
     store: Arc<RedisStore>,
     hub: Arc<Hub>,
+    cached: CachedReads,
     shutdown: Receiver<()>,
 ) -> std::io::Result<JoinHandle<()>> {
     let feed = Feed {
         store,
         hub,
+        cached,
         shutdown,
     };
     thread::Builder::new()
@@ -62,6 +63,8 @@ pub fn spawn(
 struct Feed {
     store: Arc<RedisStore>,
     hub: Arc<Hub>,
+    /// Where the resync after each (re)subscription asks for the watched users' last pings.
+    cached: CachedReads,
     shutdown: Receiver<()>,
 }
 
@@ -120,11 +123,8 @@ impl Feed {
         }
         *sessions += 1;
         *backoff = BACKOFF_MIN;
-        if let Err(e) = self.resync() {
-            return End::Lost(format!("resync after subscribing failed: {e}"));
-        }
-        // Up only once resynced: a stream that was waiting has what it missed.
         self.store.subscription().set(true);
+        self.resync();
 
         // The connection's read timeout is the tick: every quiet tick, check for shutdown
         // and PING; a PING that gets no answer within the timeout means the link is dead.
@@ -163,25 +163,15 @@ impl Feed {
         }
     }
 
-    /// Hands the hub the stored last ping of every user with local subscribers.
-    fn resync(&self) -> Result<(), StoreError> {
-        let started = Instant::now();
+    /// Asks for the stored last ping of every user with local subscribers.
+    fn resync(&self) {
         let users = self.hub.users();
-        let mut delivered = 0;
-        for batch in users.chunks(RESYNC_BATCH) {
-            for (user, ping) in self.store.last_many(batch)? {
-                self.hub.publish(&user, Arc::new(Event::from(&ping)));
-                delivered += 1;
-            }
-        }
         if !users.is_empty() {
-            log::info!(
-                "resynced the last pings of {delivered} of {} watched users in {:?}",
-                users.len(),
-                started.elapsed()
-            );
+            log::info!("resyncing the last pings of {} watched users", users.len());
         }
-        Ok(())
+        for user in &users {
+            self.cached.request(user);
+        }
     }
 }
 

@@ -183,16 +183,6 @@ impl Store for RedisStore {
         })
     }
 
-    fn last(&self, user: &str) -> Result<Option<LastPing>, StoreError> {
-        let row: Row = self.with(|con| {
-            redis::cmd("HMGET")
-                .arg(self.keys.last(user))
-                .arg(&["seq", "time", "status"])
-                .query(con)
-        })?;
-        Ok(row_to_ping(row))
-    }
-
     fn last_many(&self, users: &[String]) -> Result<Vec<(String, LastPing)>, StoreError> {
         let mut pipe = redis::pipe();
         for user in users {
