@@ -119,7 +119,8 @@ impl Hub {
     }
 
     /// How many subscribers are registered.
-    pub fn subscriber_count(&self) -> usize {
+    #[cfg(test)]
+    fn subscriber_count(&self) -> usize {
         self.inner.lock().users.values().map(Vec::len).sum()
     }
 

@@ -179,7 +179,7 @@ impl Heartbeat {
     }
 
     fn launch(dir: TempDir, env: &[(&str, &str)], nofile: Option<u32>) -> Heartbeat {
-        let (child, log) = spawn_heartbeat_limited(&dir.0, env, nofile);
+        let (child, log) = spawn_heartbeat(&dir.0, env, nofile);
         let mut heartbeat = Heartbeat {
             child,
             addr: "127.0.0.1:0".parse().unwrap(),
@@ -318,16 +318,9 @@ pub fn binary() -> PathBuf {
     }
 }
 
-/// Starts the binary in `dir` (so no `.env` of the repository applies), logging to a file.
-pub fn spawn_heartbeat(dir: &Path, env: &[(&str, &str)]) -> (Child, PathBuf) {
-    spawn_heartbeat_limited(dir, env, None)
-}
-
-fn spawn_heartbeat_limited(
-    dir: &Path,
-    env: &[(&str, &str)],
-    nofile: Option<u32>,
-) -> (Child, PathBuf) {
+/// Starts the binary in `dir` (so no `.env` of the repository applies), logging to a file,
+/// with the descriptor limit set to `nofile` if given.
+fn spawn_heartbeat(dir: &Path, env: &[(&str, &str)], nofile: Option<u32>) -> (Child, PathBuf) {
     let log = dir.join("heartbeat.log");
     let log_file = std::fs::File::create(&log).expect("create the log file");
     let binary = binary();
