@@ -244,6 +244,24 @@ impl Connector {
         con.set_write_timeout(Some(budget))?;
         Ok(con)
     }
+
+    /// `reused` if it is still open, its timeouts set to the time left before `deadline`;
+    /// else a new connection made within that time.
+    pub(super) fn ready(
+        &self,
+        reused: Option<Connection>,
+        deadline: Instant,
+    ) -> Result<Connection, RedisError> {
+        let left = left_until(deadline)?;
+        match reused.filter(|con| con.is_open()) {
+            Some(con) => {
+                con.set_read_timeout(Some(left))?;
+                con.set_write_timeout(Some(left))?;
+                Ok(con)
+            }
+            None => self.connect(left),
+        }
+    }
 }
 
 /// At most `size` Redis connections, made on demand, reused most recent first, and dropped
@@ -291,34 +309,22 @@ impl Pool {
             .map_err(|_| StoreError::Busy)?;
         let _token = Token(&self.give_back);
         let pooled = self.idle.lock().pop().filter(|con| con.is_open());
-        let result = match pooled {
-            Some(mut con) => {
-                let left = left_until(deadline).map_err(unavailable)?;
-                con.set_read_timeout(Some(left)).map_err(unavailable)?;
-                con.set_write_timeout(Some(left)).map_err(unavailable)?;
-                match f(&mut con) {
-                    Err(e) if e.is_connection_dropped() => {
-                        log::debug!("a pooled Redis connection was dropped ({e}); reconnecting");
-                        self.idle.lock().clear();
-                        self.fresh(deadline, f)
-                    }
-                    other => other.map(|value| (value, con)),
-                }
+        let reused = pooled.is_some();
+        let mut con = self
+            .connector
+            .ready(pooled, deadline)
+            .map_err(unavailable)?;
+        let value = match f(&mut con) {
+            Err(e) if reused && e.is_connection_dropped() => {
+                log::debug!("a pooled Redis connection was dropped ({e}); reconnecting");
+                self.idle.lock().clear();
+                con = self.connector.ready(None, deadline).map_err(unavailable)?;
+                f(&mut con).map_err(unavailable)?
             }
-            None => self.fresh(deadline, f),
+            other => other.map_err(unavailable)?,
         };
-        let (value, con) = result.map_err(unavailable)?;
         self.idle.lock().push(con);
         Ok(value)
-    }
-
-    fn fresh<T>(
-        &self,
-        deadline: Instant,
-        mut f: impl FnMut(&mut Connection) -> Result<T, RedisError>,
-    ) -> Result<(T, Connection), RedisError> {
-        let mut con = self.connector.connect(left_until(deadline)?)?;
-        Ok((f(&mut con)?, con))
     }
 }
 
@@ -333,7 +339,7 @@ impl Drop for Token<'_> {
 }
 
 /// Time left before `deadline`, or a timeout error once it has passed.
-pub(super) fn left_until(deadline: Instant) -> Result<Duration, RedisError> {
+fn left_until(deadline: Instant) -> Result<Duration, RedisError> {
     deadline
         .checked_duration_since(Instant::now())
         .filter(|left| *left >= Duration::from_millis(1))

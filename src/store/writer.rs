@@ -19,7 +19,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use redis::{Connection, ConnectionLike, RedisError};
 
 use super::StoreError;
-use super::redis::{Connector, left_until, unavailable};
+use super::redis::{Connector, unavailable};
 use crate::metrics::Metrics;
 
 /// Writer threads, each with one connection: two, so one batch can be on its way while the
@@ -185,15 +185,7 @@ impl Writer {
     }
 
     fn try_send(&mut self, batch: &[Job], deadline: Instant) -> Result<Vec<u64>, RedisError> {
-        let mut con = match self.con.take().filter(|con| con.is_open()) {
-            Some(con) => {
-                let left = left_until(deadline)?;
-                con.set_read_timeout(Some(left))?;
-                con.set_write_timeout(Some(left))?;
-                con
-            }
-            None => self.connector.connect(left_until(deadline)?)?,
-        };
+        let mut con = self.connector.ready(self.con.take(), deadline)?;
         let mut pipe = redis::pipe();
         for job in batch {
             pipe.cmd("EVALSHA")
