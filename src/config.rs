@@ -265,6 +265,15 @@ fn parse_listen(value: &str) -> Option<Listen> {
     })
 }
 
+/// `host:port`, with an IPv6 host in brackets.
+pub fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
 fn parse_store(value: &str) -> Option<StoreConfig> {
     if value == "memory" {
         return Some(StoreConfig::Memory);
@@ -274,11 +283,10 @@ fn parse_store(value: &str) -> Option<StoreConfig> {
     } else {
         let listen = parse_listen(value)?;
         let host = match listen.host.as_str() {
-            "" => "127.0.0.1".to_owned(),
-            h if h.contains(':') => format!("[{h}]"),
-            h => h.to_owned(),
+            "" => "127.0.0.1",
+            h => h,
         };
-        format!("redis://{host}:{}", listen.port)
+        format!("redis://{}", host_port(host, listen.port))
     };
     // Let the redis crate reject what it could not connect to, now rather than later.
     redis::Client::open(url.as_str()).ok()?;
@@ -359,6 +367,12 @@ mod tests {
             let err = listen(bad).unwrap_err();
             assert!(err.to_string().contains("LISTEN"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn ipv6_hosts_are_bracketed() {
+        assert_eq!(host_port("::1", 80), "[::1]:80");
+        assert_eq!(host_port("redis", 6379), "redis:6379");
     }
 
     #[test]

@@ -31,7 +31,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::budget::SystemLimits;
 use crate::cached::CachedReads;
-use crate::config::{Config, ConfigError, Listen, StoreConfig};
+use crate::config::{Config, ConfigError, Listen, StoreConfig, host_port};
 use crate::http::Timeouts;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -170,12 +170,11 @@ pub fn healthcheck() -> Result<(), String> {
     use std::io::{Read, Write};
     let config = Config::from_env().map_err(|e| e.to_string())?;
     let host = match config.listen.host.as_str() {
-        "" | "0.0.0.0" => "127.0.0.1".to_owned(),
-        "::" => "[::1]".to_owned(),
-        h if h.contains(':') => format!("[{h}]"),
-        h => h.to_owned(),
+        "" | "0.0.0.0" => "127.0.0.1",
+        "::" => "::1",
+        h => h,
     };
-    let target = format!("{host}:{}", config.listen.port);
+    let target = host_port(host, config.listen.port);
     let timeout = std::time::Duration::from_secs(2);
     let addr = target
         .to_socket_addrs()
@@ -213,8 +212,7 @@ fn bind(listen: &Listen) -> Result<TcpListener, StartError> {
             return bind_addr((Ipv6Addr::UNSPECIFIED, port).into())
                 .or_else(|_| bind_addr((Ipv4Addr::UNSPECIFIED, port).into()));
         }
-        host if host.contains(':') => format!("[{host}]:{port}"),
-        host => format!("{host}:{port}"),
+        host => host_port(host, port),
     };
     let addrs = text
         .to_socket_addrs()
