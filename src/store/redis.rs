@@ -104,7 +104,7 @@ impl RedisStore {
         timeout: Duration,
         metrics: Arc<Metrics>,
     ) -> Result<RedisStore, RedisError> {
-        let connector = Arc::new(Connector::new(url)?);
+        let connector = Arc::new(Connector::new(url, timeout)?);
         let script = Script::new(RECORD_SCRIPT);
         let writers = Writers::start(
             Arc::clone(&connector),
@@ -217,12 +217,21 @@ pub(super) struct Connector {
     client: Client,
     /// Replies the redis crate waits for while setting a connection up (`AUTH`, `SELECT`).
     setup_replies: u32,
+    /// How far a reused connection's timeout may fall short of the time a call has left
+    /// before it is set again: a sixteenth of the Redis timeout.
+    slack: Duration,
+}
+
+/// A Redis connection and the read and write timeout set on it.
+pub(super) struct Link {
+    pub(super) con: Connection,
+    timeout: Duration,
 }
 
 impl Connector {
-    /// A connector for `url`. The crate's `CLIENT SETINFO` is skipped: it costs a round trip
-    /// per connection and Redis before 7.2 refuses it anyway.
-    fn new(url: &str) -> Result<Connector, RedisError> {
+    /// A connector for `url` whose calls get `timeout` each. The crate's `CLIENT SETINFO` is
+    /// skipped: it costs a round trip per connection and Redis before 7.2 refuses it anyway.
+    fn new(url: &str, timeout: Duration) -> Result<Connector, RedisError> {
         let info = url.into_connection_info()?;
         let settings = info.redis_settings().clone().set_skip_set_lib_name();
         let setup_replies =
@@ -230,6 +239,7 @@ impl Connector {
         Ok(Connector {
             client: Client::open(info.set_redis_settings(settings))?,
             setup_replies,
+            slack: timeout / 16,
         })
     }
 
@@ -245,24 +255,38 @@ impl Connector {
         Ok(con)
     }
 
-    /// `reused` if it is still open, its timeouts set to the time left before `deadline`;
-    /// else a new connection made within that time.
+    /// `reused` if it is still open, else a new connection made in the time left before
+    /// `deadline`; either way with read and write timeouts that expire by the deadline.
+    ///
+    /// A reused connection keeps the timeout it has unless that would outlast the deadline or
+    /// expire more than `slack` before it. Setting it costs two system calls, which under load
+    /// would be paid on every pipeline, while every pipeline's deadline is about the same
+    /// distance away.
     pub(super) fn ready(
         &self,
-        reused: Option<Connection>,
+        reused: Option<Link>,
         deadline: Instant,
-    ) -> Result<Connection, RedisError> {
+    ) -> Result<Link, RedisError> {
         let left = left_until(deadline)?;
-        match reused.filter(|con| con.is_open()) {
-            Some(con) => {
-                con.set_read_timeout(Some(left))?;
-                con.set_write_timeout(Some(left))?;
-                Ok(con)
+        match reused.filter(|link| link.con.is_open()) {
+            Some(mut link) if link.timeout > left || link.timeout + self.slack < left => {
+                let timeout = left.saturating_sub(self.slack / 2).max(MIN_TIMEOUT);
+                link.con.set_read_timeout(Some(timeout))?;
+                link.con.set_write_timeout(Some(timeout))?;
+                link.timeout = timeout;
+                Ok(link)
             }
-            None => self.connect(left),
+            Some(link) => Ok(link),
+            None => Ok(Link {
+                con: self.connect(left)?,
+                timeout: left,
+            }),
         }
     }
 }
+
+/// The shortest timeout a call is given; less counts as no time left.
+const MIN_TIMEOUT: Duration = Duration::from_millis(1);
 
 /// At most `size` Redis connections, made on demand, reused most recent first, and dropped
 /// when they fail.
@@ -273,7 +297,7 @@ impl Connector {
 struct Pool {
     connector: Arc<Connector>,
     timeout: Duration,
-    idle: Mutex<Vec<Connection>>,
+    idle: Mutex<Vec<Link>>,
     /// One token per connection that may exist; holding one is the right to use one.
     give_back: Sender<()>,
     take: Receiver<()>,
@@ -308,22 +332,22 @@ impl Pool {
             .recv_timeout(self.timeout)
             .map_err(|_| StoreError::Busy)?;
         let _token = Token(&self.give_back);
-        let pooled = self.idle.lock().pop().filter(|con| con.is_open());
+        let pooled = self.idle.lock().pop().filter(|link| link.con.is_open());
         let reused = pooled.is_some();
-        let mut con = self
+        let mut link = self
             .connector
             .ready(pooled, deadline)
             .map_err(unavailable)?;
-        let value = match f(&mut con) {
+        let value = match f(&mut link.con) {
             Err(e) if reused && e.is_connection_dropped() => {
                 log::debug!("a pooled Redis connection was dropped ({e}); reconnecting");
                 self.idle.lock().clear();
-                con = self.connector.ready(None, deadline).map_err(unavailable)?;
-                f(&mut con).map_err(unavailable)?
+                link = self.connector.ready(None, deadline).map_err(unavailable)?;
+                f(&mut link.con).map_err(unavailable)?
             }
             other => other.map_err(unavailable)?,
         };
-        self.idle.lock().push(con);
+        self.idle.lock().push(link);
         Ok(value)
     }
 }
@@ -342,7 +366,7 @@ impl Drop for Token<'_> {
 fn left_until(deadline: Instant) -> Result<Duration, RedisError> {
     deadline
         .checked_duration_since(Instant::now())
-        .filter(|left| *left >= Duration::from_millis(1))
+        .filter(|left| *left >= MIN_TIMEOUT)
         .ok_or_else(|| {
             std::io::Error::new(std::io::ErrorKind::TimedOut, "Redis did not answer in time").into()
         })

@@ -7,19 +7,25 @@
 //! Each ping is still its own atomic `EVALSHA` (stored and published together); under light
 //! load a batch is one ping, so nothing waits for company.
 //!
+//! Neither side spins: the queue is a mutex and a condition variable, and each ping's answer
+//! is a one-shot slot that wakes its thread with `unpark`. (A crossbeam channel's receive
+//! spins and then yields the CPU four times before it sleeps; on two cores shared by 30 ping
+//! threads, each yield was a context switch, and they cost more than the pings themselves.)
+//!
 //! Every ping carries its deadline. A writer answers a ping whose deadline has passed with an
 //! error instead of sending it, and gives a batch only the time its oldest ping has left, so a
 //! ping is answered within about the Redis timeout even when Redis is frozen.
 
-use std::sync::Arc;
-use std::thread;
+use std::collections::VecDeque;
+use std::sync::{Arc, OnceLock};
+use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
-use redis::{Connection, ConnectionLike, RedisError};
+use parking_lot::{Condvar, Mutex};
+use redis::{ConnectionLike, RedisError};
 
 use super::StoreError;
-use super::redis::{Connector, unavailable};
+use super::redis::{Connector, Link, unavailable};
 use crate::metrics::Metrics;
 
 /// Writer threads, each with one connection: two, so one batch can be on its way while the
@@ -38,12 +44,86 @@ struct Job {
     status: String,
     now_micros: u64,
     deadline: Instant,
-    reply: Sender<Result<u64, StoreError>>,
+    reply: Arc<Reply>,
+}
+
+/// Where a writer leaves one ping's result for the thread waiting on it.
+struct Reply {
+    result: OnceLock<Result<u64, StoreError>>,
+    waiter: Thread,
+}
+
+impl Reply {
+    fn new() -> Arc<Reply> {
+        Arc::new(Reply {
+            result: OnceLock::new(),
+            waiter: thread::current(),
+        })
+    }
+
+    fn send(&self, result: Result<u64, StoreError>) {
+        if self.result.set(result).is_ok() {
+            self.waiter.unpark();
+        }
+    }
+
+    /// The result, or `None` if none came by `deadline`. Called by the waiter only.
+    fn wait(&self, deadline: Instant) -> Option<Result<u64, StoreError>> {
+        loop {
+            if let Some(result) = self.result.get() {
+                return Some(result.clone());
+            }
+            // A wake-up meant for something else only costs another look.
+            thread::park_timeout(deadline.checked_duration_since(Instant::now())?);
+        }
+    }
+}
+
+/// The pings waiting for a writer.
+struct Queue {
+    state: Mutex<QueueState>,
+    ready: Condvar,
+}
+
+struct QueueState {
+    jobs: VecDeque<Job>,
+    /// Set when the `Writers` handle is dropped: the writers stop once the queue is empty.
+    closed: bool,
+}
+
+impl Queue {
+    fn push(&self, job: Job) -> Result<(), StoreError> {
+        let mut state = self.state.lock();
+        if state.closed {
+            return Err(StoreError::Unavailable("the Redis writers stopped".into()));
+        }
+        if state.jobs.len() >= QUEUE {
+            return Err(StoreError::Busy);
+        }
+        state.jobs.push_back(job);
+        drop(state);
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// Up to `BATCH` pings, waiting for the first; `None` once closed and empty.
+    fn take(&self, batch: &mut Vec<Job>) -> Option<()> {
+        let mut state = self.state.lock();
+        while state.jobs.is_empty() {
+            if state.closed {
+                return None;
+            }
+            self.ready.wait(&mut state);
+        }
+        let n = state.jobs.len().min(BATCH);
+        batch.extend(state.jobs.drain(..n));
+        Some(())
+    }
 }
 
 /// The ping side of the writers: queues a ping and waits for its sequence number.
 pub struct Writers {
-    jobs: Sender<Job>,
+    queue: Arc<Queue>,
 }
 
 impl Writers {
@@ -53,21 +133,27 @@ impl Writers {
         script_source: &'static str,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<Writers> {
-        let (jobs, queue) = crossbeam_channel::bounded(QUEUE);
+        let queue = Arc::new(Queue {
+            state: Mutex::new(QueueState {
+                jobs: VecDeque::new(),
+                closed: false,
+            }),
+            ready: Condvar::new(),
+        });
         for n in 0..WRITERS {
             let writer = Writer {
-                queue: queue.clone(),
+                queue: Arc::clone(&queue),
                 connector: Arc::clone(&connector),
                 script_hash: script_hash.clone(),
                 script_source,
                 metrics: Arc::clone(&metrics),
-                con: None,
+                link: None,
             };
             thread::Builder::new()
                 .name(format!("redis-writer-{n}"))
                 .spawn(move || writer.run())?;
         }
-        Ok(Writers { jobs })
+        Ok(Writers { queue })
     }
 
     /// Stores and publishes a ping within `timeout`; returns its sequence number.
@@ -82,54 +168,53 @@ impl Writers {
         timeout: Duration,
     ) -> Result<u64, StoreError> {
         let deadline = Instant::now() + timeout;
-        let (reply, answer) = crossbeam_channel::bounded(1);
-        let job = Job {
+        let reply = Reply::new();
+        self.queue.push(Job {
             key,
             channel,
             time,
             status: status.to_owned(),
             now_micros,
             deadline,
-            reply,
-        };
-        match self.jobs.try_send(job) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => return Err(StoreError::Busy),
-            Err(TrySendError::Disconnected(_)) => {
-                return Err(StoreError::Unavailable("the Redis writers stopped".into()));
-            }
-        }
+            reply: Arc::clone(&reply),
+        })?;
         // The writer answers every ping by its deadline; the grace covers scheduling only.
-        match answer.recv_deadline(deadline + Duration::from_millis(250)) {
-            Ok(result) => result,
-            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => Err(
-                StoreError::Unavailable("Redis did not answer in time".into()),
-            ),
-        }
+        reply
+            .wait(deadline + Duration::from_millis(250))
+            .unwrap_or_else(|| {
+                Err(StoreError::Unavailable(
+                    "Redis did not answer in time".into(),
+                ))
+            })
+    }
+}
+
+impl Drop for Writers {
+    fn drop(&mut self) {
+        self.queue.state.lock().closed = true;
+        self.queue.ready.notify_all();
     }
 }
 
 struct Writer {
-    queue: Receiver<Job>,
+    queue: Arc<Queue>,
     connector: Arc<Connector>,
     script_hash: String,
     script_source: &'static str,
     metrics: Arc<Metrics>,
-    con: Option<Connection>,
+    link: Option<Link>,
 }
 
 impl Writer {
-    /// Sends batches until every `Writers` handle is gone.
+    /// Sends batches until the `Writers` handle is gone and the queue is empty.
     fn run(mut self) {
-        while let Ok(first) = self.queue.recv() {
-            let mut batch = Vec::with_capacity(8);
-            batch.push(first);
-            batch.extend(self.queue.try_iter().take(BATCH - 1));
+        let mut batch = Vec::with_capacity(BATCH);
+        while self.queue.take(&mut batch).is_some() {
             let now = Instant::now();
             batch.retain(|job| {
                 let live = job.deadline > now;
                 if !live {
-                    let _ = job.reply.send(Err(StoreError::Unavailable(
+                    job.reply.send(Err(StoreError::Unavailable(
                         "Redis did not answer in time".into(),
                     )));
                 }
@@ -141,17 +226,18 @@ impl Writer {
             match self.send(&batch, deadline) {
                 Ok(seqs) => {
                     for (job, seq) in batch.iter().zip(seqs) {
-                        let _ = job.reply.send(Ok(seq));
+                        job.reply.send(Ok(seq));
                     }
                 }
                 Err(e) => {
                     Metrics::count(&self.metrics.redis_errors_total);
                     let error = unavailable(e);
                     for job in &batch {
-                        let _ = job.reply.send(Err(error.clone()));
+                        job.reply.send(Err(error.clone()));
                     }
                 }
             }
+            batch.clear();
         }
     }
 
@@ -159,7 +245,7 @@ impl Writer {
     /// cache that Redis lost (a restarted Redis has both), each get one more try: in both
     /// cases nothing ran.
     fn send(&mut self, batch: &[Job], deadline: Instant) -> Result<Vec<u64>, RedisError> {
-        let mut reused = self.con.as_ref().is_some_and(|con| con.is_open());
+        let mut reused = self.link.as_ref().is_some_and(|link| link.con.is_open());
         let mut loaded = false;
         loop {
             match self.try_send(batch, deadline) {
@@ -172,11 +258,11 @@ impl Writer {
                         && e.kind()
                             == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
                 {
-                    let con = self.con.as_mut().expect("a connection answered NOSCRIPT");
+                    let link = self.link.as_mut().expect("a connection answered NOSCRIPT");
                     redis::cmd("SCRIPT")
                         .arg("LOAD")
                         .arg(self.script_source)
-                        .query::<String>(con)?;
+                        .query::<String>(&mut link.con)?;
                     loaded = true;
                 }
                 other => return other,
@@ -185,7 +271,7 @@ impl Writer {
     }
 
     fn try_send(&mut self, batch: &[Job], deadline: Instant) -> Result<Vec<u64>, RedisError> {
-        let mut con = self.connector.ready(self.con.take(), deadline)?;
+        let mut link = self.connector.ready(self.link.take(), deadline)?;
         let mut pipe = redis::pipe();
         for job in batch {
             pipe.cmd("EVALSHA")
@@ -197,10 +283,10 @@ impl Writer {
                 .arg(&job.channel)
                 .arg(job.now_micros);
         }
-        let result = pipe.query::<Vec<u64>>(&mut con);
+        let result = pipe.query::<Vec<u64>>(&mut link.con);
         // A server error (NOSCRIPT) leaves the connection usable; a broken one is dropped.
         if result.as_ref().map_or_else(|e| !e.is_io_error(), |_| true) {
-            self.con = Some(con);
+            self.link = Some(link);
         }
         result
     }
