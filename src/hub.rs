@@ -12,8 +12,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::{self, Thread};
+use std::time::Instant;
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use parking_lot::Mutex;
 
 use crate::ping::Event;
@@ -35,12 +37,49 @@ struct Inner {
 
 struct Slot {
     id: u64,
-    events: Sender<Arc<Event>>,
+    /// Always `Some` until dropped.
+    events: Option<Sender<Arc<Event>>>,
+    /// The subscriber's thread, woken after each event and when the slot is dropped.
+    waiter: Thread,
 }
 
-/// One subscriber's registration. Events for its user arrive on `events`; the channel
-/// disconnects when the hub drops the subscriber (too slow) or closes. Dropping the
-/// subscription unregisters it.
+/// What became of an event offered to a subscriber.
+enum Offer {
+    Queued,
+    /// The subscriber has `queue` events waiting already: too slow.
+    Full,
+    /// The subscriber went away and has not unregistered yet.
+    Gone,
+}
+
+impl Slot {
+    /// Queues `event` and wakes the subscriber, unless it is too slow or gone.
+    fn offer(&self, event: &Arc<Event>, queue: usize) -> Offer {
+        let Some(events) = &self.events else {
+            return Offer::Gone;
+        };
+        if events.len() >= queue {
+            return Offer::Full;
+        }
+        if events.send(Arc::clone(event)).is_err() {
+            return Offer::Gone;
+        }
+        self.waiter.unpark();
+        Offer::Queued
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        // Disconnect first, then wake the subscriber, so that it sees the disconnect.
+        drop(self.events.take());
+        self.waiter.unpark();
+    }
+}
+
+/// One subscriber's registration, made on the thread that will wait for its events
+/// ([`Subscription::wait`]). The events disconnect when the hub drops the subscriber (too
+/// slow) or closes. Dropping the subscription unregisters it.
 pub struct Subscription {
     hub: Arc<Hub>,
     user: String,
@@ -62,15 +101,19 @@ impl Hub {
         })
     }
 
-    /// Registers a subscriber of `user`. After `close`, the subscription's channel is
-    /// already disconnected.
+    /// Registers a subscriber of `user`, whose events the calling thread will wait for.
+    /// After `close`, the subscription's channel is already disconnected.
     pub fn subscribe(self: &Arc<Self>, user: &str) -> Subscription {
         let (tx, rx) = crossbeam_channel::unbounded();
         let mut inner = self.inner.lock();
         let id = inner.next_id;
         inner.next_id += 1;
         if !inner.closed {
-            let slot = Slot { id, events: tx };
+            let slot = Slot {
+                id,
+                events: Some(tx),
+                waiter: thread::current(),
+            };
             inner.users.entry(user.to_owned()).or_default().push(slot);
         }
         Subscription {
@@ -88,23 +131,24 @@ impl Hub {
         let Some(slots) = inner.users.get_mut(user) else {
             return 0;
         };
-        let before = slots.len();
-        slots.retain(|slot| {
-            if slot.events.len() >= self.queue {
+        let mut slow = 0;
+        slots.retain(|slot| match slot.offer(&event, self.queue) {
+            Offer::Queued => true,
+            Offer::Full => {
                 log::warn!(
                     "dropping a subscriber of {user:?}: {} events behind",
                     self.queue
                 );
-                return false;
+                slow += 1;
+                false
             }
-            slot.events.send(Arc::clone(&event)).is_ok()
+            Offer::Gone => false,
         });
         let delivered = slots.len();
         if slots.is_empty() {
             inner.users.remove(user);
         }
-        self.dropped_slow
-            .fetch_add((before - delivered) as u64, Ordering::Relaxed);
+        self.dropped_slow.fetch_add(slow, Ordering::Relaxed);
         delivered
     }
 
@@ -152,6 +196,32 @@ impl Subscription {
     pub fn user(&self) -> &str {
         &self.user
     }
+
+    /// The next event, waiting for it until `deadline`; `Timeout` if none came by then,
+    /// `Disconnected` once the hub has let go and every queued event was taken. Call it on
+    /// the thread that subscribed: that is the thread the hub wakes.
+    pub fn wait(&self, deadline: Instant) -> Result<Arc<Event>, WaitError> {
+        loop {
+            match self.events.try_recv() {
+                Ok(event) => return Ok(event),
+                Err(TryRecvError::Disconnected) => return Err(WaitError::Disconnected),
+                Err(TryRecvError::Empty) => {}
+            }
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return Err(WaitError::Timeout);
+            };
+            // Returns at once if the hub unparked us since the last look; a wake-up meant
+            // for something else only costs another look.
+            thread::park_timeout(left);
+        }
+    }
+}
+
+/// Why [`Subscription::wait`] returned no event.
+#[derive(Debug, PartialEq, Eq)]
+pub enum WaitError {
+    Timeout,
+    Disconnected,
 }
 
 impl Drop for Subscription {

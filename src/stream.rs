@@ -5,13 +5,11 @@
 use std::io::{self, Write};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::RecvTimeoutError;
-
 use crate::http::EventStream;
-use crate::hub::Subscription;
+use crate::hub::{Subscription, WaitError};
 use crate::metrics::Metrics;
 
-/// Streams `subscription`'s events to `out` until writing fails (the client left or stopped
+/// Streams `subscription`'s events to `out`, on the thread that subscribed, until writing fails (the client left or stopped
 /// reading past the socket's write timeout) or the subscription's channel disconnects (too
 /// slow, or shutdown), which ends the stream cleanly.
 ///
@@ -27,8 +25,7 @@ pub fn serve<W: Write>(
     let mut sent_seq = 0;
     let mut last_write = Instant::now();
     loop {
-        let wait = keepalive.saturating_sub(last_write.elapsed());
-        match subscription.events.recv_timeout(wait) {
+        match subscription.wait(last_write + keepalive) {
             Ok(event) if event.seq > sent_seq => {
                 out.event(&event.data)?;
                 sent_seq = event.seq;
@@ -36,13 +33,13 @@ pub fn serve<W: Write>(
                 Metrics::count(&metrics.events_delivered_total);
             }
             Ok(_) => {} // not newer than what was sent
-            Err(RecvTimeoutError::Timeout) => {
+            Err(WaitError::Timeout) => {
                 if last_write.elapsed() >= keepalive {
                     out.keepalive()?;
                     last_write = Instant::now();
                 }
             }
-            Err(RecvTimeoutError::Disconnected) => return out.finish(),
+            Err(WaitError::Disconnected) => return out.finish(),
         }
     }
 }
