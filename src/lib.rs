@@ -6,11 +6,13 @@
 //! a thread that reads requests with our small HTTP layer ([`http`]), answers pings through
 //! the [`store`] and, for a subscribe, streams events from the [`hub`] ([`stream`]).
 
-#![forbid(unsafe_code)]
+// No unsafe code but one `prctl` call, isolated in `futex`.
+#![deny(unsafe_code)]
 
 pub mod budget;
 pub mod cached;
 pub mod config;
+pub mod futex;
 pub mod http;
 pub mod hub;
 pub mod metrics;
@@ -72,6 +74,13 @@ pub fn run() -> Result<(), StartError> {
         .init()
         .map_err(|e| StartError::Setup(format!("logger: {e}")))?;
 
+    let budget = SystemLimits::read().budget(config.max_connections, config.redis_pool_size);
+    // Before the first thread starts: every connection thread may sleep on a futex.
+    let futex_hash = match futex::size_for(budget.connections + THREADS_BESIDES_CONNECTIONS) {
+        Ok(buckets) => format!("{buckets} futex hash buckets"),
+        Err(e) => format!("the kernel's futex hash ({e})"),
+    };
+
     let hub = Hub::new(config.subscriber_queue);
     let metrics = Arc::new(Metrics::default());
     // Dropping this sender (when `run` returns) stops the Redis subscription thread.
@@ -114,7 +123,6 @@ pub fn run() -> Result<(), StartError> {
     };
 
     let listener = bind(&config.listen)?;
-    let budget = SystemLimits::read().budget(config.max_connections, config.redis_pool_size);
     let server = Server::new(
         listener,
         Shared {
@@ -148,7 +156,7 @@ pub fn run() -> Result<(), StartError> {
     let (stop, stopped) = crossbeam_channel::bounded::<()>(1);
     spawn_signal_thread(stop, addr)?;
     log::info!(
-        "heartbeat {} listening on {addr}; budget {budget}; ready in {:?}",
+        "heartbeat {} listening on {addr}; budget {budget}; {futex_hash}; ready in {:?}",
         env!("CARGO_PKG_VERSION"),
         started.elapsed()
     );
@@ -197,6 +205,10 @@ pub fn healthcheck() -> Result<(), String> {
         _ => Err(format!("{target}/healthz: {status} {body}")),
     }
 }
+
+/// Threads that are not connection threads: main, accept, signals, the Redis writers,
+/// subscription and cached reads, with room to spare.
+const THREADS_BESIDES_CONNECTIONS: usize = 16;
 
 /// Pending connections the kernel may queue (it caps this at `net.core.somaxconn`). std's
 /// 128 drops SYNs when a thousand EventSources reconnect at once, and a dropped SYN is only
