@@ -84,10 +84,18 @@ start_heartbeat "$port"
   --rate "$rate" --seconds 3 | tee "$work/run_max"
 stop_heartbeat
 
-echo "== wrk: POST /ping, 32 connections, $wrk_time, a different user each request"
+# Three wrk runs: on this shared 2-core VM one run's rate can differ from the next by a
+# quarter, so the table gives the median and every run. heartbeat's CPU time per ping
+# (/proc/PID/stat) varies much less with the machine's load than its rate does.
+echo "== wrk: POST /ping, 32 connections, 3 x $wrk_time, a different user each request"
 port=$(free_port)
 start_heartbeat "$port"
-wrk -t2 -c32 -d"$wrk_time" --latency -s scripts/wrk-ping.lua "http://127.0.0.1:$port" | tee "$work/wrk"
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+ticks0=$(cpu_ticks "$hb_pid")
+for i in 1 2 3; do
+  wrk -t2 -c32 -d"$wrk_time" --latency -s scripts/wrk-ping.lua "http://127.0.0.1:$port" | tee "$work/wrk$i"
+done
+ticks1=$(cpu_ticks "$hb_pid")
 stop_heartbeat
 
 echo "== ceiling: redis-benchmark of the store-and-publish script (EVALSHA), 32 clients"
@@ -106,7 +114,12 @@ wrk -t2 -c32 -d"$wrk_time" --latency "http://127.0.0.1:$port/" | tee "$work/hell
 # The figures against their targets.
 rps() { awk '/^Requests\/sec:/ {printf "%d", $2}' "$1"; }
 p99_ms() { awk '$1 == "99%" { v = $2; if (v ~ /us$/) { sub(/us$/, "", v); v /= 1000 } else if (v ~ /ms$/) { sub(/ms$/, "", v) } else if (v ~ /s$/) { sub(/s$/, "", v); v *= 1000 }; printf "%.2f", v }' "$1"; }
-ping_rps=$(rps "$work/wrk"); ping_p99=$(p99_ms "$work/wrk")
+median() { printf '%s\n' "$@" | sort -g | sed -n 2p; }
+ping_runs="$(rps "$work/wrk1"), $(rps "$work/wrk2"), $(rps "$work/wrk3")"
+ping_rps=$(median "$(rps "$work/wrk1")" "$(rps "$work/wrk2")" "$(rps "$work/wrk3")")
+ping_p99=$(median "$(p99_ms "$work/wrk1")" "$(p99_ms "$work/wrk2")" "$(p99_ms "$work/wrk3")")
+ping_requests=$(awk '/requests in/ {n += $1} END {print n}' "$work/wrk1" "$work/wrk2" "$work/wrk3")
+cpu_us_per_ping=$(awk -v t=$((ticks1 - ticks0)) -v hz="$(getconf CLK_TCK)" -v n="$ping_requests" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
 hello_rps=$(rps "$work/hello")
 redis_rps=$(awk '{for (i = 1; i <= NF; i++) if ($(i+1) == "requests") printf "%d", $i}' "$work/redis")
 per_stream=$(result rss_per_stream_kib "$work/run")
@@ -114,6 +127,7 @@ per_stream_max=$(result rss_per_stream_kib "$work/run_max")
 rss_max_mib=$(awk -v k="$(result rss_after_kib "$work/run_max")" 'BEGIN {printf "%.1f", k / 1024}')
 d99=$(awk -v u="$(result delivery_p99_us "$work/run")" 'BEGIN {printf "%.2f", u / 1000}')
 lost=$(( $(result deliveries_expected "$work/run") - $(result deliveries_received "$work/run") ))
+stalls="$(result stalls "$work/run"), longest $(awk -v u="$(result stall_longest_us "$work/run")" 'BEGIN {printf "%.1f", u / 1000}') ms"
 check() { if awk "BEGIN {exit !($1)}"; then echo "yes"; else echo "NO"; fi; }
 
 echo
@@ -121,12 +135,14 @@ echo "| figure | measured | target | met |"
 echo "| --- | --- | --- | --- |"
 echo "| streams held | $(result streams_open "$work/run") | $streams | $(check "$(result streams_open "$work/run") >= $streams") |"
 echo "| delivery p99 at $rate pings/s | $d99 ms | <= 5 ms | $(check "$d99 <= 5") |"
+echo "| machine stalls in that run (1 ms sleeps woken 10+ ms late) | $stalls | | |"
 echo "| deliveries lost | $lost of $(result deliveries_expected "$work/run") | 0 | $(check "$lost == 0") |"
 echo "| RSS per stream ($streams) | $per_stream KiB | <= 12 KiB | $(check "$per_stream <= 12") |"
 echo "| RSS per stream ($streams_max) | $per_stream_max KiB | <= 12 KiB | $(check "$per_stream_max <= 12") |"
 echo "| RSS with $streams_max streams | $rss_max_mib MiB | < 250 MiB | $(check "$rss_max_mib < 250") |"
-echo "| pings/s, wrk -c32 | $ping_rps | >= 35000 | $(check "$ping_rps >= 35000") |"
-echo "| ping p99, wrk -c32 | $ping_p99 ms | < 10 ms | $(check "$ping_p99 < 10") |"
+echo "| pings/s, wrk -c32, median of 3 ($ping_runs) | $ping_rps | >= 35000 | $(check "$ping_rps >= 35000") |"
+echo "| ping p99, wrk -c32, median of 3 | $ping_p99 ms | < 10 ms | $(check "$ping_p99 < 10") |"
+echo "| heartbeat CPU per ping under wrk | $cpu_us_per_ping us | | |"
 echo "| idle RSS | $((idle)) KiB | < 5120 KiB | $(check "$idle < 5120") |"
 echo "| release binary | $size bytes | < 3000000 | $(check "$size < 3000000") |"
 echo "| ready after spawn | $ready ms | <= 50 ms | $(check "$ready <= 50") |"

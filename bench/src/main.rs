@@ -3,8 +3,9 @@
 //! - `run`: opens N event streams over U users in one mio event loop (no thread per
 //!   connection), reads the server's RSS and threads from /proc before and after, then sends
 //!   pings at a fixed rate over a few keep-alive connections and reports ping latency,
-//!   delivery latency (ping sent to event read, at every subscriber of the user) and
-//!   deliveries expected against received.
+//!   delivery latency (ping sent to event read, at every subscriber of the user, also as a
+//!   p99 per second of the run) and deliveries expected against received. A probe thread
+//!   meanwhile notes when the machine itself stalls, to tell its hiccups from the server's.
 //! - `hello`: the HTTP ceiling: heartbeat's own HTTP layer and thread-per-connection accept
 //!   loop answering every request with a constant, no store behind it.
 //! - `startup`: spawns a command and reports how long until `/healthz` answers 200.
@@ -15,6 +16,9 @@
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::process::{Command, ExitCode};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
@@ -43,7 +47,8 @@ fn main() -> ExitCode {
 
 const USAGE: &str = "usage:
   heartbeat-bench run --addr HOST:PORT [--pid PID] [--streams N] [--users U] [--rate PINGS_PER_S]
-                      [--seconds S] [--ping-connections C]
+                      [--seconds S] [--ping-connections C] [--settle S]
+                      [--dump FILE]
   heartbeat-bench hello [HOST:PORT]
   heartbeat-bench startup HOST:PORT COMMAND [ARGS...]
   heartbeat-bench record-script";
@@ -56,6 +61,10 @@ struct Options {
     rate: u32,
     seconds: u64,
     ping_connections: usize,
+    /// Seconds between the last stream opening and the first ping.
+    settle: f64,
+    /// Where to write every delivery as `ping latency_us`, for a closer look at a tail.
+    dump: Option<String>,
 }
 
 impl Options {
@@ -68,6 +77,8 @@ impl Options {
             rate: 1000,
             seconds: 10,
             ping_connections: 16,
+            settle: 1.0,
+            dump: None,
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
@@ -89,6 +100,8 @@ impl Options {
                 "--rate" => o.rate = value.parse().map_err(|e| bad(&e))?,
                 "--seconds" => o.seconds = value.parse().map_err(|e| bad(&e))?,
                 "--ping-connections" => o.ping_connections = value.parse().map_err(|e| bad(&e))?,
+                "--settle" => o.settle = value.parse().map_err(|e| bad(&e))?,
+                "--dump" => o.dump = Some(value.clone()),
                 _ => return Err(format!("unknown option {flag}\n{USAGE}")),
             }
         }
@@ -142,7 +155,10 @@ fn run(o: &Options) -> Result<(), String> {
     let opening = Instant::now();
     let mut established = 0;
     let mut refused = 0;
-    let mut seen = Seen::default();
+    let mut seen = Seen {
+        rate: o.rate as usize,
+        ..Seen::default()
+    };
     while established + refused < o.streams {
         let target = (streams.len() + 500).min(o.streams);
         while streams.len() < target {
@@ -187,7 +203,7 @@ fn run(o: &Options) -> Result<(), String> {
         }
     }
     let open_time = opening.elapsed();
-    std::thread::sleep(Duration::from_secs(1));
+    std::thread::sleep(Duration::from_secs_f64(o.settle));
     let after = o.pid.and_then(proc_usage);
 
     // Pings at a fixed rate, each to the next user, on whichever connection is free.
@@ -218,6 +234,7 @@ fn run(o: &Options) -> Result<(), String> {
     let mut expected = 0u64;
     let mut next = 0u64;
     let start = Instant::now();
+    let probe = StallProbe::start(start);
     let mut finished_at: Option<Instant> = None;
     seen.delivery
         .reserve(total as usize * (o.streams / o.users.max(1) + 1));
@@ -282,6 +299,7 @@ fn run(o: &Options) -> Result<(), String> {
         }
     }
 
+    let stalls = probe.stop();
     let rss_per_stream = match (before, after) {
         (Some((b, _)), Some((a, _))) if established > 0 => {
             Some(a.saturating_sub(b) as f64 / established as f64)
@@ -307,6 +325,24 @@ fn run(o: &Options) -> Result<(), String> {
     );
     println!("ping latency:     {}", summary(&mut ping_latency));
     println!("delivery latency: {}", summary(&mut seen.delivery));
+    let by_second: Vec<String> = seen
+        .by_second
+        .iter_mut()
+        .map(|v| format!("{:.1}", percentile(v, 0.99) as f64 / 1000.0))
+        .collect();
+    println!(
+        "delivery p99 by second of the run, ms: {}",
+        by_second.join(" ")
+    );
+    println!("{stalls}");
+    if let Some(path) = &o.dump {
+        let lines: String = seen
+            .all
+            .iter()
+            .map(|(id, us)| format!("{id} {us}\n"))
+            .collect();
+        std::fs::write(path, lines).map_err(|e| format!("{path}: {e}"))?;
+    }
     println!(
         "deliveries: {} received of {expected} expected; {} unexpected",
         seen.delivery.len(),
@@ -334,6 +370,16 @@ fn run(o: &Options) -> Result<(), String> {
         "result delivery_max_us={}",
         seen.delivery.iter().max().unwrap_or(&0)
     );
+    println!("result stalls={}", stalls.0.len());
+    println!(
+        "result stall_longest_us={}",
+        stalls
+            .0
+            .iter()
+            .map(|(_, d)| d.as_micros())
+            .max()
+            .unwrap_or(0)
+    );
     println!("result deliveries_expected={expected}");
     println!("result deliveries_received={}", seen.delivery.len());
     if established < o.streams || ping_errors > 0 || (seen.delivery.len() as u64) < expected {
@@ -342,11 +388,78 @@ fn run(o: &Options) -> Result<(), String> {
     Ok(())
 }
 
+/// A thread that sleeps 1 ms at a time and notes how late it wakes. The server cannot delay
+/// it (a thread waking from sleep gets a core within a few ms however many are runnable), so
+/// a late wake-up at the same moment as a delivery tail means the machine itself stalled: the
+/// hypervisor did not run the VM, or the kernel was busy with itself.
+struct StallProbe {
+    stop: Arc<AtomicBool>,
+    thread: thread::JoinHandle<Vec<(Duration, Duration)>>,
+}
+
+/// How late the probe's wake-ups were.
+struct Stalls(Vec<(Duration, Duration)>);
+
+/// A wake-up later than this is a stall.
+const STALL: Duration = Duration::from_millis(10);
+
+impl StallProbe {
+    fn start(origin: Instant) -> StallProbe {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let thread = thread::spawn(move || {
+            let mut late = Vec::new();
+            while !stopped.load(Ordering::Relaxed) {
+                let before = Instant::now();
+                thread::sleep(Duration::from_millis(1));
+                let overshoot = before.elapsed().saturating_sub(Duration::from_millis(1));
+                if overshoot >= STALL {
+                    late.push((before.duration_since(origin), overshoot));
+                }
+            }
+            late
+        });
+        StallProbe { stop, thread }
+    }
+
+    fn stop(self) -> Stalls {
+        self.stop.store(true, Ordering::Relaxed);
+        Stalls(self.thread.join().unwrap_or_default())
+    }
+}
+
+impl std::fmt::Display for Stalls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Some((at, longest)) = self.0.iter().max_by_key(|(_, d)| *d) else {
+            return write!(
+                f,
+                "machine stalls: none (no 1 ms sleep woke {STALL:?} late)"
+            );
+        };
+        let total: Duration = self.0.iter().map(|(_, d)| *d).sum();
+        write!(
+            f,
+            "machine stalls: {} sleeps of 1 ms woke over {STALL:?} late, {:.1} ms in all; the longest {:.1} ms at {:.2} s into the pings",
+            self.0.len(),
+            total.as_secs_f64() * 1000.0,
+            longest.as_secs_f64() * 1000.0,
+            at.as_secs_f64()
+        )
+    }
+}
+
 /// Deliveries seen on the streams.
 #[derive(Default)]
 struct Seen {
     /// Delivery latencies in microseconds.
     delivery: Vec<u32>,
+    /// The same, by the second of the run in which the ping was sent, to show when a tail
+    /// happens (for instance only just after the streams opened).
+    by_second: Vec<Vec<u32>>,
+    /// Pings sent per second.
+    rate: usize,
+    /// Every delivery as (ping, latency in microseconds), kept for `--dump`.
+    all: Vec<(u32, u32)>,
     /// Events of this run that arrived twice or for a ping never sent.
     unexpected: u64,
 }
@@ -433,9 +546,17 @@ fn drive_stream(
             .ok()
             .and_then(|id| sent_at.get(id).copied().flatten())
         {
-            Some(sent) => seen
-                .delivery
-                .push(now.saturating_duration_since(sent).as_micros() as u32),
+            Some(sent) => {
+                let latency = now.saturating_duration_since(sent).as_micros() as u32;
+                seen.delivery.push(latency);
+                let id = id.parse::<usize>().unwrap_or(0);
+                seen.all.push((id as u32, latency));
+                let second = id / seen.rate.max(1);
+                if seen.by_second.len() <= second {
+                    seen.by_second.resize_with(second + 1, Vec::new);
+                }
+                seen.by_second[second].push(latency);
+            }
             None => seen.unexpected += 1,
         }
     }
