@@ -180,6 +180,23 @@ fn info_logs_have_no_line_per_request() {
 }
 
 #[test]
+fn the_start_line_names_the_budget_and_a_futex_hash_sized_for_it() {
+    let heartbeat = Heartbeat::start_with(&[("REDIS", "memory"), ("MAX_CONNECTIONS", "3000")]);
+    let line = heartbeat.wait_for_log("listening on ");
+    assert!(
+        line.contains("budget 3000 connections (bound by MAX_CONNECTIONS)"),
+        "{line}"
+    );
+    // 3,000 connection threads and the others, rounded up to a power of two. A kernel
+    // before 6.17 has no private futex hash to size, refuses, and the line says so.
+    assert!(
+        line.contains("; 4096 futex hash buckets;")
+            || line.contains("; the kernel's futex hash (Invalid argument"),
+        "{line}"
+    );
+}
+
+#[test]
 fn version_and_healthcheck_commands() {
     let binary = support::binary();
     let version = Command::new(&binary).arg("--version").output().unwrap();
