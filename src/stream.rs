@@ -9,9 +9,9 @@ use crate::http::EventStream;
 use crate::hub::{Subscription, WaitError};
 use crate::metrics::Metrics;
 
-/// Streams `subscription`'s events to `out`, on the thread that subscribed, until writing fails (the client left or stopped
-/// reading past the socket's write timeout) or the subscription's channel disconnects (too
-/// slow, or shutdown), which ends the stream cleanly.
+/// Streams `subscription`'s events to `out`, on the thread that subscribed, until writing
+/// fails (the client left or stopped reading past the socket's write timeout) or the
+/// subscription's channel disconnects (too slow, or shutdown), which ends the stream cleanly.
 ///
 /// Never writes an event whose sequence number is not above the last one written: a stream
 /// never repeats a ping or goes back in time, whatever order the cached read and the live

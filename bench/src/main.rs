@@ -155,10 +155,7 @@ fn run(o: &Options) -> Result<(), String> {
     let opening = Instant::now();
     let mut established = 0;
     let mut refused = 0;
-    let mut seen = Seen {
-        rate: o.rate as usize,
-        ..Seen::default()
-    };
+    let mut seen = Seen::default();
     while established + refused < o.streams {
         let target = (streams.len() + 500).min(o.streams);
         while streams.len() < target {
@@ -236,7 +233,7 @@ fn run(o: &Options) -> Result<(), String> {
     let start = Instant::now();
     let probe = StallProbe::start(start);
     let mut finished_at: Option<Instant> = None;
-    seen.delivery
+    seen.deliveries
         .reserve(total as usize * (o.streams / o.users.max(1) + 1));
     loop {
         let now = Instant::now();
@@ -270,7 +267,7 @@ fn run(o: &Options) -> Result<(), String> {
             finished_at = Some(Instant::now());
         }
         if let Some(done) = finished_at
-            && (seen.delivery.len() as u64 >= expected || done.elapsed() > Duration::from_secs(5))
+            && (seen.deliveries.len() as u64 >= expected || done.elapsed() > Duration::from_secs(5))
         {
             break;
         }
@@ -324,11 +321,11 @@ fn run(o: &Options) -> Result<(), String> {
         ping_latency.len()
     );
     println!("ping latency:     {}", summary(&mut ping_latency));
-    println!("delivery latency: {}", summary(&mut seen.delivery));
-    let by_second: Vec<String> = seen
-        .by_second
-        .iter_mut()
-        .map(|v| format!("{:.1}", percentile(v, 0.99) as f64 / 1000.0))
+    let mut delivery: Vec<u32> = seen.deliveries.iter().map(|&(_, us)| us).collect();
+    println!("delivery latency: {}", summary(&mut delivery));
+    let by_second: Vec<String> = p99_by_second(&seen.deliveries, o.rate)
+        .iter()
+        .map(|us| format!("{:.1}", *us as f64 / 1000.0))
         .collect();
     println!(
         "delivery p99 by second of the run, ms: {}",
@@ -337,7 +334,7 @@ fn run(o: &Options) -> Result<(), String> {
     println!("{stalls}");
     if let Some(path) = &o.dump {
         let lines: String = seen
-            .all
+            .deliveries
             .iter()
             .map(|(id, us)| format!("{id} {us}\n"))
             .collect();
@@ -345,7 +342,7 @@ fn run(o: &Options) -> Result<(), String> {
     }
     println!(
         "deliveries: {} received of {expected} expected; {} unexpected",
-        seen.delivery.len(),
+        delivery.len(),
         seen.unexpected
     );
     // Machine-readable lines for scripts/bench.sh.
@@ -364,11 +361,11 @@ fn run(o: &Options) -> Result<(), String> {
     println!("result pings_ok={}", ping_latency.len());
     println!("result ping_errors={ping_errors}");
     println!("result ping_p99_us={}", p(&mut ping_latency, 0.99));
-    println!("result delivery_p50_us={}", p(&mut seen.delivery, 0.50));
-    println!("result delivery_p99_us={}", p(&mut seen.delivery, 0.99));
+    println!("result delivery_p50_us={}", p(&mut delivery, 0.50));
+    println!("result delivery_p99_us={}", p(&mut delivery, 0.99));
     println!(
         "result delivery_max_us={}",
-        seen.delivery.iter().max().unwrap_or(&0)
+        delivery.iter().max().unwrap_or(&0)
     );
     println!("result stalls={}", stalls.0.len());
     println!(
@@ -381,8 +378,8 @@ fn run(o: &Options) -> Result<(), String> {
             .unwrap_or(0)
     );
     println!("result deliveries_expected={expected}");
-    println!("result deliveries_received={}", seen.delivery.len());
-    if established < o.streams || ping_errors > 0 || (seen.delivery.len() as u64) < expected {
+    println!("result deliveries_received={}", delivery.len());
+    if established < o.streams || ping_errors > 0 || (delivery.len() as u64) < expected {
         return Err("streams refused, pings failed or deliveries lost (see above)".into());
     }
     Ok(())
@@ -451,17 +448,24 @@ impl std::fmt::Display for Stalls {
 /// Deliveries seen on the streams.
 #[derive(Default)]
 struct Seen {
-    /// Delivery latencies in microseconds.
-    delivery: Vec<u32>,
-    /// The same, by the second of the run in which the ping was sent, to show when a tail
-    /// happens (for instance only just after the streams opened).
-    by_second: Vec<Vec<u32>>,
-    /// Pings sent per second.
-    rate: usize,
-    /// Every delivery as (ping, latency in microseconds), kept for `--dump`.
-    all: Vec<(u32, u32)>,
+    /// Every delivery as (ping number, latency in microseconds).
+    deliveries: Vec<(u32, u32)>,
     /// Events of this run that arrived twice or for a ping never sent.
     unexpected: u64,
+}
+
+/// The delivery p99 of the pings sent in each second of the run, in microseconds, to show
+/// when a tail happens (for instance only just after the streams opened).
+fn p99_by_second(deliveries: &[(u32, u32)], rate: u32) -> Vec<u32> {
+    let mut seconds: Vec<Vec<u32>> = Vec::new();
+    for &(ping, us) in deliveries {
+        let second = (ping / rate.max(1)) as usize;
+        if seconds.len() <= second {
+            seconds.resize_with(second + 1, Vec::new);
+        }
+        seconds[second].push(us);
+    }
+    seconds.iter_mut().map(|v| percentile(v, 0.99)).collect()
 }
 
 enum StreamState {
@@ -541,21 +545,11 @@ fn drive_stream(
         if nonce != std::process::id().to_string() {
             continue; // a cached ping of an earlier run
         }
-        match id
-            .parse::<usize>()
-            .ok()
-            .and_then(|id| sent_at.get(id).copied().flatten())
-        {
-            Some(sent) => {
+        let id = id.parse::<usize>().ok();
+        match id.and_then(|id| Some((id, sent_at.get(id).copied().flatten()?))) {
+            Some((id, sent)) => {
                 let latency = now.saturating_duration_since(sent).as_micros() as u32;
-                seen.delivery.push(latency);
-                let id = id.parse::<usize>().unwrap_or(0);
-                seen.all.push((id as u32, latency));
-                let second = id / seen.rate.max(1);
-                if seen.by_second.len() <= second {
-                    seen.by_second.resize_with(second + 1, Vec::new);
-                }
-                seen.by_second[second].push(latency);
+                seen.deliveries.push((id as u32, latency));
             }
             None => seen.unexpected += 1,
         }
