@@ -75,8 +75,9 @@ pub fn run() -> Result<(), StartError> {
         .map_err(|e| StartError::Setup(format!("logger: {e}")))?;
 
     let budget = SystemLimits::read().budget(config.max_connections, config.redis_pool_size);
-    // Before the first thread starts: every connection thread may sleep on a futex.
-    let futex_hash = match futex::size_for(budget.connections + THREADS_BESIDES_CONNECTIONS) {
+    // Before the first thread starts: every connection thread may sleep on a futex (the
+    // dozen other threads add a fraction of a sleeper per bucket).
+    let futex_hash = match futex::size_for(budget.connections) {
         Ok(buckets) => format!("{buckets} futex hash buckets"),
         Err(e) => format!("the kernel's futex hash ({e})"),
     };
@@ -205,10 +206,6 @@ pub fn healthcheck() -> Result<(), String> {
         _ => Err(format!("{target}/healthz: {status} {body}")),
     }
 }
-
-/// Threads that are not connection threads: main, accept, signals, the Redis writers,
-/// subscription and cached reads, with room to spare.
-const THREADS_BESIDES_CONNECTIONS: usize = 16;
 
 /// Pending connections the kernel may queue (it caps this at `net.core.somaxconn`). std's
 /// 128 drops SYNs when a thousand EventSources reconnect at once, and a dropped SYN is only

@@ -187,7 +187,7 @@ fn the_start_line_names_the_budget_and_a_futex_hash_sized_for_it() {
         line.contains("budget 3000 connections (bound by MAX_CONNECTIONS)"),
         "{line}"
     );
-    // 3,000 connection threads and the others, rounded up to a power of two. A kernel
+    // A bucket per connection thread, rounded up to a power of two. A kernel
     // before 6.17 has no private futex hash to size, refuses, and the line says so.
     assert!(
         line.contains("; 4096 futex hash buckets;")
