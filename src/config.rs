@@ -85,6 +85,26 @@ pub enum StoreConfig {
     Redis(String),
 }
 
+/// `memory`, or the Redis URL with its password hidden, for logs.
+impl fmt::Display for StoreConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let url = match self {
+            StoreConfig::Memory => return f.write_str("memory"),
+            StoreConfig::Redis(url) => url,
+        };
+        match (url.find("://"), url.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                let userinfo = &url[scheme + 3..at];
+                match userinfo.split_once(':') {
+                    Some((user, _)) => write!(f, "{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                    None => f.write_str(url),
+                }
+            }
+            _ => f.write_str(url),
+        }
+    }
+}
+
 /// Size limits on what clients send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -392,6 +412,15 @@ mod tests {
             err,
             format!("invalid REDIS=\"redis\": expected {REDIS_EXPECTED}")
         );
+    }
+
+    #[test]
+    fn passwords_are_hidden_when_the_store_is_shown() {
+        let shown = |url: &str| StoreConfig::Redis(url.into()).to_string();
+        assert_eq!(shown("redis://u:secret@h:1/0"), "redis://u:***@h:1/0");
+        assert_eq!(shown("redis://:secret@h:1"), "redis://:***@h:1");
+        assert_eq!(shown("redis://h:1"), "redis://h:1");
+        assert_eq!(StoreConfig::Memory.to_string(), "memory");
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use parking_lot::Mutex;
 
-use crate::ping::Event;
+use crate::ping::{Event, LastPing};
 
 /// Local subscribers by user.
 pub struct Hub {
@@ -78,9 +78,9 @@ impl Drop for Slot {
 }
 
 /// One subscriber's registration, made on the thread that will wait for its events
-/// ([`Subscription::wait`]). The events disconnect when the hub drops the subscriber (too
-/// slow) or closes. Dropping the subscription unregisters it.
-pub struct Subscription {
+/// ([`Subscriber::wait`]). The events disconnect when the hub drops the subscriber (too
+/// slow) or closes. Dropping it unregisters it.
+pub struct Subscriber {
     hub: Arc<Hub>,
     user: String,
     id: u64,
@@ -102,8 +102,8 @@ impl Hub {
     }
 
     /// Registers a subscriber of `user`, whose events the calling thread will wait for.
-    /// After `close`, the subscription's channel is already disconnected.
-    pub fn subscribe(self: &Arc<Self>, user: &str) -> Subscription {
+    /// After `close`, the subscriber's channel is already disconnected.
+    pub fn subscribe(self: &Arc<Self>, user: &str) -> Subscriber {
         let (tx, rx) = crossbeam_channel::unbounded();
         let mut inner = self.inner.lock();
         let id = inner.next_id;
@@ -116,7 +116,7 @@ impl Hub {
             };
             inner.users.entry(user.to_owned()).or_default().push(slot);
         }
-        Subscription {
+        Subscriber {
             hub: Arc::clone(self),
             user: user.to_owned(),
             id,
@@ -152,6 +152,11 @@ impl Hub {
         delivered
     }
 
+    /// Publishes `user`'s ping as an event rendered once for all of the user's subscribers.
+    pub fn publish_ping(&self, user: &str, ping: &LastPing) -> usize {
+        self.publish(user, Arc::new(Event::from(ping)))
+    }
+
     /// Whether `user` has a local subscriber: a cheap check before building an event.
     pub fn is_watched(&self, user: &str) -> bool {
         self.inner.lock().users.contains_key(user)
@@ -173,7 +178,7 @@ impl Hub {
         self.dropped_slow.load(Ordering::Relaxed)
     }
 
-    /// Ends every subscription (their channels disconnect) and refuses new ones.
+    /// Ends every subscriber (their channels disconnect) and refuses new ones.
     pub fn close(&self) {
         let mut inner = self.inner.lock();
         inner.closed = true;
@@ -191,12 +196,7 @@ impl Hub {
     }
 }
 
-impl Subscription {
-    /// The user this subscription watches.
-    pub fn user(&self) -> &str {
-        &self.user
-    }
-
+impl Subscriber {
     /// The next event, waiting for it until `deadline`; `Timeout` if none came by then,
     /// `Disconnected` once the hub has let go and every queued event was taken. Call it on
     /// the thread that subscribed: that is the thread the hub wakes.
@@ -217,14 +217,14 @@ impl Subscription {
     }
 }
 
-/// Why [`Subscription::wait`] returned no event.
+/// Why [`Subscriber::wait`] returned no event.
 #[derive(Debug, PartialEq, Eq)]
 pub enum WaitError {
     Timeout,
     Disconnected,
 }
 
-impl Drop for Subscription {
+impl Drop for Subscriber {
     fn drop(&mut self) {
         self.hub.unsubscribe(&self.user, self.id);
     }
@@ -242,7 +242,7 @@ mod tests {
         })
     }
 
-    fn seqs(sub: &Subscription) -> Vec<u64> {
+    fn seqs(sub: &Subscriber) -> Vec<u64> {
         sub.events.try_iter().map(|e| e.seq).collect()
     }
 
@@ -277,7 +277,7 @@ mod tests {
     }
 
     #[test]
-    fn dropping_a_subscription_unregisters_it() {
+    fn dropping_a_subscriber_unregisters_it() {
         let hub = Hub::new(2);
         let a = hub.subscribe("u");
         let b = hub.subscribe("u");

@@ -1,3 +1,4 @@
+use std::fmt::Display;
 use std::process::ExitCode;
 
 const USAGE: &str = "usage: heartbeat [--version | healthcheck]
@@ -7,22 +8,26 @@ const USAGE: &str = "usage: heartbeat [--version | healthcheck]
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
-        [] => heartbeat::run().map_err(|e| e.to_string()),
+    match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        [] => exit(heartbeat::run()),
+        ["healthcheck"] => exit(heartbeat::healthcheck::check()),
         ["--version" | "-V"] => {
             println!("heartbeat {}", env!("CARGO_PKG_VERSION"));
-            Ok(())
+            ExitCode::SUCCESS
         }
-        ["healthcheck"] => heartbeat::healthcheck(),
         ["--help" | "-h"] => {
             println!("{USAGE}");
-            Ok(())
+            ExitCode::SUCCESS
         }
         _ => {
             eprintln!("{USAGE}");
-            return ExitCode::from(2);
+            ExitCode::from(2)
         }
-    };
+    }
+}
+
+/// The exit code for `result`, printing the error, the one place it is reported.
+fn exit(result: Result<(), impl Display>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -12,8 +12,8 @@ use crate::ping::Rejection;
 pub struct Metrics {
     /// Connections with a thread, streams included.
     pub connections: AtomicUsize,
-    /// Connections streaming events.
-    pub streams: AtomicUsize,
+    /// Most connections served at once, set at start from the budget.
+    pub connection_budget: AtomicUsize,
     pub connections_total: AtomicU64,
     /// Connections answered `503` at once for being over the budget.
     pub connections_refused_total: AtomicU64,
@@ -29,12 +29,14 @@ pub struct Metrics {
     pub redis_resubscribes_total: AtomicU64,
 }
 
-/// Values that live elsewhere (the hub, the store), read when `/metrics` is rendered.
+/// Values that live elsewhere (the streams, the hub, the store), read when `/metrics` is
+/// rendered.
 pub struct Readings {
+    /// Streams open now.
+    pub streams: usize,
     pub subscribers_dropped_slow: u64,
-    /// `None` in memory mode.
-    pub subscription_up: Option<bool>,
-    pub connection_budget: usize,
+    /// Whether the Redis feed is up; `None` in memory mode.
+    pub feed_up: Option<bool>,
 }
 
 impl Metrics {
@@ -77,13 +79,13 @@ impl Metrics {
             "connection_budget",
             "gauge",
             "Most connections served at once.",
-            &[("", readings.connection_budget as u64)],
+            &[("", self.connection_budget.load(Ordering::Relaxed) as u64)],
         );
         metric(
             "streams",
             "gauge",
             "Open event streams.",
-            &[("", self.streams.load(Ordering::Relaxed) as u64)],
+            &[("", readings.streams as u64)],
         );
         metric(
             "connections_total",
@@ -146,7 +148,7 @@ impl Metrics {
             "Times the Redis subscription came back after being down.",
             &[("", get(&self.redis_resubscribes_total))],
         );
-        if let Some(up) = readings.subscription_up {
+        if let Some(up) = readings.feed_up {
             metric(
                 "redis_subscription_up",
                 "gauge",
@@ -167,11 +169,11 @@ mod tests {
         let metrics = Metrics::default();
         Metrics::count(&metrics.pings_accepted_total);
         metrics.count_refused(&Rejection::TooLarge("x".into()));
-        metrics.streams.store(3, Ordering::Relaxed);
+        metrics.connection_budget.store(100, Ordering::Relaxed);
         let text = metrics.render(&Readings {
+            streams: 3,
             subscribers_dropped_slow: 2,
-            subscription_up: Some(true),
-            connection_budget: 100,
+            feed_up: Some(true),
         });
         for line in [
             "# TYPE heartbeat_pings_accepted_total counter",
@@ -194,9 +196,9 @@ mod tests {
             value.parse::<u64>().unwrap();
         }
         let memory = metrics.render(&Readings {
+            streams: 0,
             subscribers_dropped_slow: 0,
-            subscription_up: None,
-            connection_budget: 1,
+            feed_up: None,
         });
         assert!(!memory.contains("redis_subscription_up"));
     }

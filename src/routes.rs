@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use crate::config::{Cors, Limits};
 use crate::http::{Request, Response};
-use crate::hub::Hub;
 use crate::metrics::{Metrics, Readings};
 use crate::ping::{self, Rejection};
 use crate::store::Store;
+use crate::stream::{Streams, Subscribe};
 
 /// What the connection should do with a request.
 #[derive(Debug, PartialEq, Eq)]
@@ -18,25 +18,14 @@ pub enum Outcome {
     Subscribe(Subscribe),
 }
 
-/// A request to watch a user.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Subscribe {
-    pub user: String,
-    /// The watching device, for logs.
-    pub client: Option<String>,
-    /// Headers for the stream's response head (CORS).
-    pub headers: Vec<(&'static str, String)>,
-}
-
 /// The routes with what they need.
 pub struct Routes {
     pub store: Arc<dyn Store>,
-    pub hub: Arc<Hub>,
+    /// Read for `/metrics`; the connection serves the streams.
+    pub streams: Arc<Streams>,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
     pub cors: Cors,
-    /// Reported by `/metrics`.
-    pub connection_budget: usize,
 }
 
 impl Routes {
@@ -73,16 +62,16 @@ impl Routes {
     }
 
     fn health(&self) -> Response {
-        let store = if self.store.subscription_up().is_some() {
-            "redis"
-        } else {
-            "memory"
-        };
+        let store = self.store.kind().name();
         let (status, body) = match self.store.health() {
             Ok(()) => (200, serde_json::json!({ "status": "ok", "store": store })),
             Err(reason) => (
                 503,
-                serde_json::json!({ "status": "unavailable", "store": store, "reason": reason }),
+                serde_json::json!({
+                    "status": "unavailable",
+                    "store": store,
+                    "reason": reason.to_string()
+                }),
             ),
         };
         Response::text(status, &body.to_string())
@@ -92,9 +81,9 @@ impl Routes {
 
     fn metrics(&self) -> Response {
         let readings = Readings {
-            subscribers_dropped_slow: self.hub.dropped_slow(),
-            subscription_up: self.store.subscription_up(),
-            connection_budget: self.connection_budget,
+            streams: self.streams.open(),
+            subscribers_dropped_slow: self.streams.dropped_slow(),
+            feed_up: self.store.feed_up(),
         };
         Response::text(200, self.metrics.render(&readings).trim_end())
             .with_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
@@ -227,18 +216,22 @@ fn not_allowed(allow: &'static str) -> Response {
 mod tests {
     use super::*;
     use crate::hub::Hub;
-    use crate::store::MemoryStore;
+    use crate::store::cached::CachedReads;
+    use crate::store::memory::MemoryStore;
+    use std::time::Duration;
 
     fn routes_with(cors: Cors) -> (Routes, Arc<MemoryStore>) {
         let hub = Hub::new(4);
         let store = Arc::new(MemoryStore::new(Arc::clone(&hub)));
+        let (cached, _) = CachedReads::start(store.clone(), Arc::clone(&hub)).unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let streams = Streams::new(hub, cached, Duration::from_secs(25), Arc::clone(&metrics));
         let routes = Routes {
             store: Arc::clone(&store) as Arc<dyn Store>,
-            hub,
-            metrics: Arc::default(),
+            streams: Arc::new(streams),
+            metrics,
             limits: Limits::default(),
             cors,
-            connection_budget: 10,
         };
         (routes, store)
     }

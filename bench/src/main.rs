@@ -31,7 +31,7 @@ fn main() -> ExitCode {
         Some("hello") => hello(args.get(1).map_or("127.0.0.1:0", String::as_str)),
         Some("startup") if args.len() > 2 => startup(&args[1], &args[2..]),
         Some("record-script") => {
-            print!("{}", heartbeat::store::RECORD_SCRIPT);
+            print!("{}", heartbeat::store::redis::schema::RECORD_SCRIPT);
             Ok(())
         }
         _ => Err(USAGE.to_owned()),

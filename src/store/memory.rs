@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::{Store, StoreError, next_seq};
+use super::{Kind, Store, StoreError, Unhealthy, next_seq};
 use crate::hub::Hub;
-use crate::ping::{Event, LastPing};
+use crate::ping::LastPing;
 
 /// Last pings in a map, delivered straight to the local hub.
 pub struct MemoryStore {
@@ -33,7 +33,7 @@ impl Store for MemoryStore {
             status: status.to_owned(),
         };
         // Publishing under the map's lock keeps each user's events in sequence order.
-        self.hub.publish(user, Arc::new(Event::from(&ping)));
+        self.hub.publish_ping(user, &ping);
         last.insert(user.to_owned(), ping.clone());
         Ok(ping)
     }
@@ -46,11 +46,15 @@ impl Store for MemoryStore {
             .collect())
     }
 
-    fn health(&self) -> Result<(), String> {
+    fn kind(&self) -> Kind {
+        Kind::Memory
+    }
+
+    fn health(&self) -> Result<(), Unhealthy> {
         Ok(())
     }
 
-    fn subscription_up(&self) -> Option<bool> {
+    fn feed_up(&self) -> Option<bool> {
         None
     }
 }

@@ -1,19 +1,17 @@
-//! Where last pings live and how they reach subscribers: one small trait, two implementations.
+//! Where last pings live and how they reach subscribers: one small trait, two implementations,
+//! and the `cached-reads` thread that serves both.
 //!
-//! [`MemoryStore`] keeps state in the process and delivers to its hub directly. [`RedisStore`]
-//! keeps state in Redis and publishes; the `redis-psubscribe` thread ([`psubscribe`]) brings
-//! every instance's pings back into that instance's hub. Either way, delivery goes through
-//! the same [`Hub`](crate::hub::Hub).
+//! [`memory::MemoryStore`] keeps state in the process and delivers to its hub directly.
+//! [`redis::RedisStore`] keeps state in Redis and publishes; its feed brings every instance's
+//! pings back into that instance's hub. Either way, delivery goes through the same
+//! [`Hub`](crate::hub::Hub), and [`cached::CachedReads`] gives new streams their users' last
+//! pings. This file imports none of them: they implement it.
 
-mod memory;
-pub mod psubscribe;
-mod redis;
-mod writer;
+pub mod cached;
+pub mod memory;
+pub mod redis;
 
 use std::fmt;
-
-pub use self::memory::MemoryStore;
-pub use self::redis::{Keys, RECORD_SCRIPT, RedisStore};
 
 use crate::ping::LastPing;
 
@@ -28,12 +26,49 @@ pub trait Store: Send + Sync {
     /// The last pings of those of `users` that have one, in one round trip.
     fn last_many(&self, users: &[String]) -> Result<Vec<(String, LastPing)>, StoreError>;
 
-    /// Whether pings can be stored and delivered now; the reason if not.
-    fn health(&self) -> Result<(), String>;
+    /// Which store this is, for `/healthz` and `/metrics`.
+    fn kind(&self) -> Kind;
 
-    /// Whether the subscription that brings other instances' pings is up; `None` for a store
-    /// that needs none.
-    fn subscription_up(&self) -> Option<bool>;
+    /// Whether pings can be stored and delivered now.
+    fn health(&self) -> Result<(), Unhealthy>;
+
+    /// Whether the feed that brings other instances' pings is up; `None` for a store that
+    /// needs none.
+    fn feed_up(&self) -> Option<bool>;
+}
+
+/// Which store backs the service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Memory,
+    Redis,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Memory => "memory",
+            Kind::Redis => "redis",
+        }
+    }
+}
+
+/// Why pings cannot be stored and delivered now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unhealthy {
+    /// The store does not answer.
+    Unreachable(StoreError),
+    /// Commands work, but the feed that brings other instances' pings is down.
+    FeedDown,
+}
+
+impl fmt::Display for Unhealthy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Unhealthy::Unreachable(e) => write!(f, "{e}"),
+            Unhealthy::FeedDown => f.write_str("redis subscription down"),
+        }
+    }
 }
 
 /// The sequence number of a user's next ping: one past the stored one, but never below the

@@ -1,37 +1,38 @@
-//! The `redis-psubscribe` thread: one `PSUBSCRIBE` per process, fanning every user's pings
-//! out to the local hub.
+//! The feed: the `redis-psubscribe` thread, one `PSUBSCRIBE` per process, handing every
+//! instance's pings to the local hub. ("Feed" is always this Redis side; a local stream's
+//! registration in the hub is a "subscriber".)
 //!
 //! It notices a dead or frozen connection by itself (a read timeout, and a `PING` whenever
 //! the connection has been quiet), reconnects with capped exponential backoff and jitter, and
 //! after every (re)subscription asks the `cached-reads` thread for the stored last ping of
-//! each user that has local subscribers, so a ping published while the subscription was down
-//! is not lost (that thread retries until it can read them). Subscribers discard what they
-//! already have by sequence number.
+//! each user that has local subscribers, so a ping published while the feed was down is not
+//! lost (that thread retries until it can read them). Subscribers discard what they already
+//! have by sequence number.
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use super::RedisStore;
-use super::redis::parse_message;
-use crate::cached::CachedReads;
+use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
+
+use super::connect::Connector;
+use super::schema::{Keys, parse_message};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::ping::Event;
-use crossbeam_channel::{Receiver, TryRecvError};
+use crate::store::cached::CachedReads;
+use crate::worker::Worker;
 
 /// First and longest wait between reconnection attempts.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
-/// Whether the subscription is up, for health checks; set only by the thread.
+/// Whether the feed is subscribed, for health checks; set only by the feed's thread.
 #[derive(Default)]
-pub struct SubscriptionState(AtomicBool);
+pub struct FeedState(AtomicBool);
 
-impl SubscriptionState {
+impl FeedState {
     pub fn is_up(&self) -> bool {
         self.0.load(Ordering::Relaxed)
     }
@@ -42,50 +43,47 @@ impl SubscriptionState {
     }
 }
 
-/// Starts the thread. It runs until `shutdown` receives a message or is dropped.
-pub fn spawn(
-    store: Arc<RedisStore>,
-    hub: Arc<Hub>,
-    cached: CachedReads,
-    shutdown: Receiver<()>,
-) -> std::io::Result<JoinHandle<()>> {
-    let feed = Feed {
-        store,
-        hub,
-        cached,
-        shutdown,
-    };
-    thread::Builder::new()
-        .name("redis-psubscribe".into())
-        .spawn(move || feed.run())
-}
-
-struct Feed {
-    store: Arc<RedisStore>,
-    hub: Arc<Hub>,
+/// What the feed's thread needs: how to reach Redis, which channels, and where to deliver.
+pub struct Feed {
+    pub connector: Arc<Connector>,
+    pub keys: Keys,
+    /// Read timeout of the feed's connection: the tick at which it checks for shutdown and PINGs.
+    pub timeout: Duration,
+    pub state: Arc<FeedState>,
+    pub metrics: Arc<Metrics>,
+    pub hub: Arc<Hub>,
     /// Where the resync after each (re)subscription asks for the watched users' last pings.
-    cached: CachedReads,
-    shutdown: Receiver<()>,
+    pub cached: CachedReads,
 }
 
-/// How a subscription session ended.
+/// How a feed session ended.
 enum End {
     Shutdown,
     Lost(String),
 }
 
 impl Feed {
-    fn run(self) {
+    /// Starts the `redis-psubscribe` thread; it runs until the worker is stopped.
+    pub fn spawn(self) -> std::io::Result<Worker> {
+        let (stop, shutdown) = crossbeam_channel::bounded::<()>(0);
+        Worker::spawn(
+            "redis-psubscribe",
+            move || self.run(&shutdown),
+            move || drop(stop),
+        )
+    }
+
+    fn run(self, shutdown: &Receiver<()>) {
         let mut backoff = BACKOFF_MIN;
         let mut reported_down = false;
         let mut sessions = 0u64;
         loop {
-            let error = match self.session(&mut backoff, &mut sessions) {
+            let error = match self.session(shutdown, &mut backoff, &mut sessions) {
                 End::Shutdown => break,
                 End::Lost(error) => error,
             };
-            Metrics::count(&self.store.metrics().redis_errors_total);
-            let was_up = self.store.subscription().set(false);
+            Metrics::count(&self.metrics.redis_errors_total);
+            let was_up = self.state.set(false);
             if was_up || !reported_down {
                 log::warn!("redis subscription down: {error}; reconnecting");
                 reported_down = true;
@@ -95,41 +93,38 @@ impl Feed {
             // The wait is also the shutdown check: a message or a dropped sender ends it.
             let wait = jitter(backoff);
             backoff = (backoff * 2).min(BACKOFF_MAX);
-            if !matches!(
-                self.shutdown.recv_timeout(wait),
-                Err(crossbeam_channel::RecvTimeoutError::Timeout)
-            ) {
+            if !matches!(shutdown.recv_timeout(wait), Err(RecvTimeoutError::Timeout)) {
                 break;
             }
         }
-        self.store.subscription().set(false);
+        self.state.set(false);
         log::debug!("redis subscription stopped");
     }
 
     /// Subscribes and delivers until the connection fails or shutdown is asked.
-    fn session(&self, backoff: &mut Duration, sessions: &mut u64) -> End {
-        let mut con = match self.store.connect() {
+    fn session(&self, shutdown: &Receiver<()>, backoff: &mut Duration, sessions: &mut u64) -> End {
+        let mut con = match self.connector.connect(self.timeout) {
             Ok(con) => con,
             Err(e) => return End::Lost(e.to_string()),
         };
-        let pattern = self.store.keys().pattern();
+        let pattern = self.keys.pattern();
         if let Err(e) = psubscribe(&mut con, &pattern) {
             return End::Lost(e);
         }
         let mut pubsub = con.as_pubsub();
         log::info!("redis subscription up: PSUBSCRIBE {pattern}");
         if *sessions > 0 {
-            Metrics::count(&self.store.metrics().redis_resubscribes_total);
+            Metrics::count(&self.metrics.redis_resubscribes_total);
         }
         *sessions += 1;
         *backoff = BACKOFF_MIN;
-        self.store.subscription().set(true);
+        self.state.set(true);
         self.resync();
 
         // The connection's read timeout is the tick: every quiet tick, check for shutdown
         // and PING; a PING that gets no answer within the timeout means the link is dead.
         loop {
-            match self.shutdown.try_recv() {
+            match shutdown.try_recv() {
                 Err(TryRecvError::Empty) => {}
                 _ => return End::Shutdown,
             }
@@ -149,7 +144,7 @@ impl Feed {
     }
 
     fn deliver(&self, channel: &str, payload: &[u8]) {
-        let Some(user) = self.store.keys().user_of_channel(channel) else {
+        let Some(user) = self.keys.user_of_channel(channel) else {
             return;
         };
         if !self.hub.is_watched(user) {
@@ -157,7 +152,7 @@ impl Feed {
         }
         match std::str::from_utf8(payload).ok().and_then(parse_message) {
             Some(ping) => {
-                self.hub.publish(user, Arc::new(Event::from(&ping)));
+                self.hub.publish_ping(user, &ping);
             }
             None => log::warn!("ignoring a malformed message on {channel:?}"),
         }

@@ -11,14 +11,13 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
+use super::Store;
 use crate::hub::Hub;
-use crate::ping::Event;
-use crate::store::Store;
+use crate::worker::Worker;
 
 /// Users per read, so a reconnect storm makes a few round trips rather than one huge one.
 const BATCH: usize = 500;
@@ -28,27 +27,39 @@ const RETRY: Duration = Duration::from_secs(1);
 /// Where streams (and the resync after a Redis resubscription) ask for a user's last ping.
 #[derive(Clone)]
 pub struct CachedReads {
-    requests: Sender<String>,
+    requests: Sender<Ask>,
+}
+
+/// What the thread's queue carries.
+enum Ask {
+    /// Publish this user's last ping to the user's subscribers.
+    User(String),
+    /// Stop, at shutdown.
+    Stop,
 }
 
 impl CachedReads {
-    pub fn start(store: Arc<dyn Store>, hub: Arc<Hub>) -> std::io::Result<CachedReads> {
+    pub fn start(store: Arc<dyn Store>, hub: Arc<Hub>) -> std::io::Result<(CachedReads, Worker)> {
         let (requests, queue) = crossbeam_channel::unbounded();
-        thread::Builder::new()
-            .name("cached-reads".into())
-            .spawn(move || run(store.as_ref(), &hub, &queue))?;
-        Ok(CachedReads { requests })
+        let stop = requests.clone();
+        let worker = Worker::spawn(
+            "cached-reads",
+            move || run(store.as_ref(), &hub, &queue),
+            move || drop(stop.send(Ask::Stop)),
+        )?;
+        Ok((CachedReads { requests }, worker))
     }
 
     /// Asks for `user`'s last ping to be published to the user's subscribers. Call it after
     /// registering the subscriber, so that nothing falls between the read and the live feed.
     pub fn request(&self, user: &str) {
-        // Cannot fail while the thread runs; it runs as long as this handle exists.
-        let _ = self.requests.send(user.to_owned());
+        // The queue is unbounded and only this handle's clones send: after shutdown stopped
+        // the thread, a request is dropped with the process.
+        let _ = self.requests.send(Ask::User(user.to_owned()));
     }
 }
 
-fn run(store: &dyn Store, hub: &Hub, queue: &Receiver<String>) {
+fn run(store: &dyn Store, hub: &Hub, queue: &Receiver<Ask>) {
     let mut failed: HashSet<String> = HashSet::new();
     let mut retry_at: Option<Instant> = None;
     loop {
@@ -56,13 +67,19 @@ fn run(store: &dyn Store, hub: &Hub, queue: &Receiver<String>) {
             Some(at) => queue.recv_deadline(at),
             None => queue.recv().map_err(|_| RecvTimeoutError::Disconnected),
         };
-        let mut users: HashSet<String> = match first {
-            Ok(user) => std::iter::once(user)
-                .chain(queue.try_iter().take(BATCH - 1))
-                .collect(),
-            Err(RecvTimeoutError::Timeout) => HashSet::new(),
+        let mut users: HashSet<String> = HashSet::new();
+        match first {
+            Ok(ask) => {
+                for ask in std::iter::once(ask).chain(queue.try_iter().take(BATCH - 1)) {
+                    match ask {
+                        Ask::User(user) => users.insert(user),
+                        Ask::Stop => return,
+                    };
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,
-        };
+        }
         if retry_at.is_some_and(|at| at <= Instant::now()) {
             users.extend(failed.drain());
             retry_at = None;
@@ -74,7 +91,7 @@ fn run(store: &dyn Store, hub: &Hub, queue: &Receiver<String>) {
         match store.last_many(&users) {
             Ok(pings) => {
                 for (user, ping) in pings {
-                    hub.publish(&user, Arc::new(Event::from(&ping)));
+                    hub.publish_ping(&user, &ping);
                 }
             }
             Err(e) => {
@@ -93,7 +110,8 @@ fn run(store: &dyn Store, hub: &Hub, queue: &Receiver<String>) {
 mod tests {
     use super::*;
     use crate::ping::LastPing;
-    use crate::store::{MemoryStore, StoreError};
+    use crate::store::memory::MemoryStore;
+    use crate::store::{Kind, StoreError, Unhealthy};
     use std::sync::atomic::{AtomicU32, Ordering};
 
     #[test]
@@ -101,7 +119,7 @@ mod tests {
         let hub = Hub::new(8);
         let store = Arc::new(MemoryStore::new(Arc::clone(&hub)));
         store.record("u", "1", 5_000_000).unwrap();
-        let reads =
+        let (reads, _worker) =
             CachedReads::start(Arc::clone(&store) as Arc<dyn Store>, Arc::clone(&hub)).unwrap();
         let sub = hub.subscribe("u");
         reads.request("u");
@@ -127,10 +145,13 @@ mod tests {
             }
             self.inner.last_many(users)
         }
-        fn health(&self) -> Result<(), String> {
+        fn kind(&self) -> Kind {
+            Kind::Memory
+        }
+        fn health(&self) -> Result<(), Unhealthy> {
             Ok(())
         }
-        fn subscription_up(&self) -> Option<bool> {
+        fn feed_up(&self) -> Option<bool> {
             None
         }
     }
@@ -143,7 +164,7 @@ mod tests {
             failures: AtomicU32::new(1),
         });
         store.inner.record("u", "2", 7_000_000).unwrap();
-        let reads = CachedReads::start(store, Arc::clone(&hub)).unwrap();
+        let (reads, _worker) = CachedReads::start(store, Arc::clone(&hub)).unwrap();
         let sub = hub.subscribe("u");
         reads.request("u");
         let started = Instant::now();

@@ -19,15 +19,16 @@
 //! ping is answered within about the Redis timeout even when Redis is frozen.
 
 use std::sync::Arc;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
-use redis::{ConnectionLike, RedisError};
+use redis::{ConnectionLike, RedisError, Script};
 
-use super::StoreError;
-use super::redis::{Connector, Link, unavailable};
+use super::connect::{Connector, Link, unavailable};
+use super::schema::{RECORD_SCRIPT, Record};
 use crate::metrics::Metrics;
+use crate::store::StoreError;
+use crate::worker::Worker;
 
 /// Writer threads, each with one connection: two, so one batch can be on its way while the
 /// replies of another are read.
@@ -37,69 +38,63 @@ const BATCH: usize = 128;
 /// Pings that may wait for a writer; more are refused as busy.
 const QUEUE: usize = 8192;
 
-/// One ping to store and publish.
+/// What the writers' queue carries.
+enum Message {
+    /// A ping to store and publish.
+    Job(Job),
+    /// Stop: sent once per writer at shutdown.
+    Stop,
+}
+
+/// One ping to store and publish, and where its answer goes.
 struct Job {
-    key: String,
-    channel: String,
-    time: u64,
-    status: String,
-    now_micros: u64,
+    record: Record,
     deadline: Instant,
     reply: Sender<Result<u64, StoreError>>,
 }
 
 /// The ping side of the writers: queues a ping and waits for its sequence number.
 pub struct Writers {
-    jobs: Sender<Job>,
+    jobs: Sender<Message>,
 }
 
 impl Writers {
     pub fn start(
         connector: Arc<Connector>,
-        script_hash: String,
-        script_source: &'static str,
         metrics: Arc<Metrics>,
-    ) -> std::io::Result<Writers> {
+    ) -> std::io::Result<(Writers, Vec<Worker>)> {
         let (jobs, queue) = crossbeam_channel::bounded(QUEUE);
+        let script_hash = Script::new(RECORD_SCRIPT).get_hash().to_owned();
+        let mut workers = Vec::with_capacity(WRITERS);
         for n in 0..WRITERS {
             let writer = Writer {
                 queue: queue.clone(),
                 connector: Arc::clone(&connector),
                 script_hash: script_hash.clone(),
-                script_source,
                 metrics: Arc::clone(&metrics),
                 link: None,
             };
-            thread::Builder::new()
-                .name(format!("redis-writer-{n}"))
-                .spawn(move || writer.run())?;
+            let stop = jobs.clone();
+            workers.push(Worker::spawn(
+                format!("redis-writer-{n}"),
+                move || writer.run(),
+                // Queued behind the pings already waiting, which are answered first.
+                move || drop(stop.send_timeout(Message::Stop, Duration::from_secs(1))),
+            )?);
         }
-        Ok(Writers { jobs })
+        Ok((Writers { jobs }, workers))
     }
 
     /// Stores and publishes a ping within `timeout`; returns its sequence number.
-    #[allow(clippy::too_many_arguments)]
-    pub fn record(
-        &self,
-        key: String,
-        channel: String,
-        time: u64,
-        status: &str,
-        now_micros: u64,
-        timeout: Duration,
-    ) -> Result<u64, StoreError> {
+    pub fn record(&self, record: Record, timeout: Duration) -> Result<u64, StoreError> {
         let deadline = Instant::now() + timeout;
         let (reply, answer) = crossbeam_channel::bounded(1);
         let job = Job {
-            key,
-            channel,
-            time,
-            status: status.to_owned(),
-            now_micros,
+            record,
             deadline,
             reply,
         };
-        match self.jobs.try_send(job) {
+        match self.jobs.try_send(Message::Job(job)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => return Err(StoreError::Busy),
             Err(TrySendError::Disconnected(_)) => {
@@ -117,21 +112,33 @@ impl Writers {
 }
 
 struct Writer {
-    queue: Receiver<Job>,
+    queue: Receiver<Message>,
     connector: Arc<Connector>,
     script_hash: String,
-    script_source: &'static str,
     metrics: Arc<Metrics>,
     link: Option<Link>,
 }
 
 impl Writer {
-    /// Sends batches until every `Writers` handle is gone.
+    /// Sends batches until it takes a stop message or every `Writers` handle is gone.
     fn run(mut self) {
-        while let Ok(first) = self.queue.recv() {
+        let mut stopping = false;
+        while !stopping && let Ok(first) = self.queue.recv() {
             let mut batch = Vec::with_capacity(8);
-            batch.push(first);
-            batch.extend(self.queue.try_iter().take(BATCH - 1));
+            let mut next = Some(first);
+            // A stop message ends the batch: the one behind it is another writer's.
+            while let Some(message) = next {
+                match message {
+                    Message::Job(job) => batch.push(job),
+                    Message::Stop => {
+                        stopping = true;
+                        break;
+                    }
+                }
+                next = (batch.len() < BATCH)
+                    .then(|| self.queue.try_recv().ok())
+                    .flatten();
+            }
             let now = Instant::now();
             batch.retain(|job| {
                 let live = job.deadline > now;
@@ -182,7 +189,7 @@ impl Writer {
                     let link = self.link.as_mut().expect("a connection answered NOSCRIPT");
                     redis::cmd("SCRIPT")
                         .arg("LOAD")
-                        .arg(self.script_source)
+                        .arg(RECORD_SCRIPT)
                         .query::<String>(&mut link.con)?;
                     loaded = true;
                 }
@@ -195,14 +202,7 @@ impl Writer {
         let mut link = self.connector.ready(self.link.take(), deadline)?;
         let mut pipe = redis::pipe();
         for job in batch {
-            pipe.cmd("EVALSHA")
-                .arg(&self.script_hash)
-                .arg(1)
-                .arg(&job.key)
-                .arg(job.time)
-                .arg(&job.status)
-                .arg(&job.channel)
-                .arg(job.now_micros);
+            job.record.add_to(&mut pipe, &self.script_hash);
         }
         let result = pipe.query::<Vec<u64>>(&mut link.con);
         // A server error (NOSCRIPT) leaves the connection usable; a broken one is dropped.

@@ -1,0 +1,95 @@
+//! Reaching Redis within a time budget: new connections, and reused ones made ready for a
+//! call's deadline. Shared by the pool, the writers and the feed.
+
+use std::time::{Duration, Instant};
+
+use redis::{Client, Connection, ConnectionLike, IntoConnectionInfo, RedisError};
+
+use crate::store::StoreError;
+
+/// How to reach Redis within a time budget.
+pub struct Connector {
+    client: Client,
+    /// Replies the redis crate waits for while setting a connection up (`AUTH`, `SELECT`).
+    setup_replies: u32,
+    /// How far a reused connection's timeout may fall short of the time a call has left
+    /// before it is set again: a sixteenth of the Redis timeout.
+    slack: Duration,
+}
+
+/// A Redis connection and the read and write timeout set on it.
+pub struct Link {
+    pub con: Connection,
+    timeout: Duration,
+}
+
+impl Connector {
+    /// A connector for `url` whose calls get `timeout` each. The crate's `CLIENT SETINFO` is
+    /// skipped: it costs a round trip per connection and Redis before 7.2 refuses it anyway.
+    pub fn new(url: &str, timeout: Duration) -> Result<Connector, RedisError> {
+        let info = url.into_connection_info()?;
+        let settings = info.redis_settings().clone().set_skip_set_lib_name();
+        let setup_replies =
+            u32::from(settings.password().is_some()) + u32::from(settings.db() != 0);
+        Ok(Connector {
+            client: Client::open(info.set_redis_settings(settings))?,
+            setup_replies,
+            slack: timeout / 16,
+        })
+    }
+
+    /// Connects within `budget`, leaving the connection with `budget` as its read and write
+    /// timeout. The crate applies its timeout to the TCP connect and again to each setup reply,
+    /// so the budget is shared out among them.
+    pub fn connect(&self, budget: Duration) -> Result<Connection, RedisError> {
+        let con = self
+            .client
+            .get_connection_with_timeout(budget / (self.setup_replies + 1))?;
+        con.set_read_timeout(Some(budget))?;
+        con.set_write_timeout(Some(budget))?;
+        Ok(con)
+    }
+
+    /// `reused` if it is still open, else a new connection made in the time left before
+    /// `deadline`; either way with read and write timeouts that expire by the deadline.
+    ///
+    /// A reused connection keeps the timeout it has unless that would outlast the deadline or
+    /// expire more than `slack` before it. Setting it costs two system calls, which under load
+    /// would be paid on every pipeline, while every pipeline's deadline is about the same
+    /// distance away.
+    pub fn ready(&self, reused: Option<Link>, deadline: Instant) -> Result<Link, RedisError> {
+        let left = left_until(deadline)?;
+        match reused.filter(|link| link.con.is_open()) {
+            Some(mut link) if link.timeout > left || link.timeout + self.slack < left => {
+                let timeout = left.saturating_sub(self.slack / 2).max(MIN_TIMEOUT);
+                link.con.set_read_timeout(Some(timeout))?;
+                link.con.set_write_timeout(Some(timeout))?;
+                link.timeout = timeout;
+                Ok(link)
+            }
+            Some(link) => Ok(link),
+            None => Ok(Link {
+                con: self.connect(left)?,
+                timeout: left,
+            }),
+        }
+    }
+}
+
+/// The shortest timeout a call is given; less counts as no time left.
+const MIN_TIMEOUT: Duration = Duration::from_millis(1);
+
+/// Time left before `deadline`, or a timeout error once it has passed.
+fn left_until(deadline: Instant) -> Result<Duration, RedisError> {
+    deadline
+        .checked_duration_since(Instant::now())
+        .filter(|left| *left >= MIN_TIMEOUT)
+        .ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "Redis did not answer in time").into()
+        })
+}
+
+/// A Redis error as the store reports it: one line, for a `503` body.
+pub fn unavailable(error: RedisError) -> StoreError {
+    StoreError::Unavailable(error.to_string().replace(['\r', '\n'], " "))
+}

@@ -1,0 +1,137 @@
+//! The Redis store: last pings in hashes, delivery by `PUBLISH`.
+//!
+//! Parts, none of which imports this file: [`schema`] (keys, channels, messages and the
+//! store-and-publish script), [`connect`] (connections under a deadline), [`pool`] (cached
+//! reads and health checks), [`writer`] (the pipelining `redis-writer` threads that store
+//! pings) and [`feed`] (the `redis-psubscribe` thread that brings every instance's pings to
+//! the local hub). This file ties them into a [`Store`].
+
+mod connect;
+pub mod feed;
+mod pool;
+pub mod schema;
+mod writer;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::RedisError;
+
+use self::connect::Connector;
+use self::feed::{Feed, FeedState};
+use self::pool::Pool;
+use self::schema::{Keys, LastRow, Record, parse_last};
+use self::writer::Writers;
+use super::cached::CachedReads;
+use super::{Kind, Store, StoreError, Unhealthy};
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::ping::LastPing;
+use crate::worker::Worker;
+
+/// Last pings in Redis, shared by every instance on the same Redis and prefix.
+pub struct RedisStore {
+    keys: Keys,
+    connector: Arc<Connector>,
+    pool: Pool,
+    writers: Writers,
+    timeout: Duration,
+    feed: Arc<FeedState>,
+    metrics: Arc<Metrics>,
+}
+
+impl RedisStore {
+    /// A store on the Redis at `url` (already validated by the configuration), with its
+    /// `redis-writer` threads. Connections are made on first use, so this succeeds while
+    /// Redis is down.
+    pub fn start(
+        url: &str,
+        prefix: &str,
+        pool_size: usize,
+        timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Result<(RedisStore, Vec<Worker>), RedisError> {
+        let connector = Arc::new(Connector::new(url, timeout)?);
+        let (writers, workers) = Writers::start(Arc::clone(&connector), Arc::clone(&metrics))?;
+        let store = RedisStore {
+            pool: Pool::new(Arc::clone(&connector), pool_size, timeout),
+            connector,
+            keys: Keys::new(prefix),
+            writers,
+            timeout,
+            feed: Arc::default(),
+            metrics,
+        };
+        Ok((store, workers))
+    }
+
+    /// Starts the `redis-psubscribe` thread, which hands this store's pings, from every
+    /// instance, to `hub`, and asks `cached` to resync after each (re)subscription.
+    pub fn start_feed(&self, hub: Arc<Hub>, cached: CachedReads) -> std::io::Result<Worker> {
+        Feed {
+            connector: Arc::clone(&self.connector),
+            keys: self.keys.clone(),
+            timeout: self.timeout,
+            state: Arc::clone(&self.feed),
+            metrics: Arc::clone(&self.metrics),
+            hub,
+            cached,
+        }
+        .spawn()
+    }
+
+    /// Runs `f` on a pooled connection, counting failures.
+    fn with<T>(
+        &self,
+        f: impl FnMut(&mut redis::Connection) -> Result<T, RedisError>,
+    ) -> Result<T, StoreError> {
+        let result = self.pool.with(f);
+        if result.is_err() {
+            Metrics::count(&self.metrics.redis_errors_total);
+        }
+        result
+    }
+}
+
+impl Store for RedisStore {
+    fn record(&self, user: &str, status: &str, now_micros: u64) -> Result<LastPing, StoreError> {
+        let record = Record::new(&self.keys, user, status, now_micros);
+        let time = record.time;
+        let seq = self.writers.record(record, self.timeout)?;
+        Ok(LastPing {
+            seq,
+            time,
+            status: status.to_owned(),
+        })
+    }
+
+    fn last_many(&self, users: &[String]) -> Result<Vec<(String, LastPing)>, StoreError> {
+        let mut pipe = redis::pipe();
+        for user in users {
+            self.keys.add_last_read(&mut pipe, user);
+        }
+        let rows: Vec<LastRow> = self.with(|con| pipe.query(con))?;
+        Ok(users
+            .iter()
+            .zip(rows)
+            .filter_map(|(user, row)| Some((user.clone(), parse_last(row)?)))
+            .collect())
+    }
+
+    fn kind(&self) -> Kind {
+        Kind::Redis
+    }
+
+    fn health(&self) -> Result<(), Unhealthy> {
+        if !self.feed.is_up() {
+            return Err(Unhealthy::FeedDown);
+        }
+        self.with(|con| redis::cmd("PING").query::<String>(con))
+            .map(drop)
+            .map_err(Unhealthy::Unreachable)
+    }
+
+    fn feed_up(&self) -> Option<bool> {
+        Some(self.feed.is_up())
+    }
+}
