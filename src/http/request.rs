@@ -1,18 +1,17 @@
-//! Our small HTTP/1.1 layer on `httparse`: reading requests from a socket, writing responses,
-//! and framing Server-Sent Events as chunks.
+//! Reading requests off a connection: heads parsed with `httparse`, capped and timed; bodies
+//! by `Content-Length`; `Expect: 100-continue`; keep-alive and pipelining.
 //!
 //! A request head must fit in `max_head_bytes` and arrive, with its body, within the request
 //! timeout once its first byte is in; between requests a keep-alive connection may idle for
 //! the idle timeout. Bodies are read by `Content-Length` only, up to `max_body_bytes`.
 
-use std::fmt::Write as _;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use super::Response;
 use crate::config::Limits;
 
-/// Header fields a request may have; more gets `431`.
 const MAX_HEADERS: usize = 64;
 /// Bytes asked of the socket per read.
 const READ_CHUNK: usize = 2048;
@@ -270,141 +269,6 @@ fn head_too_large(limits: &Limits) -> ReadError {
         ),
     )
 }
-
-/// A response with a (possibly empty) plain-text body.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Response {
-    pub status: u16,
-    pub headers: Vec<(&'static str, String)>,
-    pub body: String,
-}
-
-impl Response {
-    /// A response with no body.
-    pub fn empty(status: u16) -> Response {
-        Response {
-            status,
-            headers: Vec::new(),
-            body: String::new(),
-        }
-    }
-
-    /// A response whose body is the one line `reason`.
-    pub fn text(status: u16, reason: &str) -> Response {
-        Response {
-            status,
-            headers: Vec::new(),
-            body: format!("{reason}\n"),
-        }
-    }
-
-    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Response {
-        self.headers.push((name, value.into()));
-        self
-    }
-
-    /// Writes the whole response in one write; `keep_alive: false` adds `Connection: close`.
-    pub fn write_to(&self, out: &mut impl Write, keep_alive: bool) -> io::Result<()> {
-        let mut head = String::with_capacity(160);
-        let _ = write!(head, "HTTP/1.1 {} {}\r\n", self.status, reason(self.status));
-        for (name, value) in &self.headers {
-            let _ = write!(head, "{name}: {value}\r\n");
-        }
-        if !self.body.is_empty() {
-            head.push_str("Content-Type: text/plain; charset=utf-8\r\n");
-        }
-        let _ = write!(head, "Content-Length: {}\r\n", self.body.len());
-        if !keep_alive {
-            head.push_str("Connection: close\r\n");
-        }
-        head.push_str("\r\n");
-        head.push_str(&self.body);
-        out.write_all(head.as_bytes())
-    }
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        204 => "No Content",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        411 => "Length Required",
-        413 => "Content Too Large",
-        417 => "Expectation Failed",
-        431 => "Request Header Fields Too Large",
-        503 => "Service Unavailable",
-        _ => "Unknown",
-    }
-}
-
-/// An open Server-Sent Events response. Each event or keepalive is one chunk, written in one
-/// write (the socket is unbuffered, so it leaves at once). HTTP/1.0 clients get the events
-/// unframed and the connection closes at the end.
-pub struct EventStream<W: Write> {
-    out: W,
-    chunked: bool,
-}
-
-impl<W: Write> EventStream<W> {
-    /// Writes the `200` head with the SSE headers and any `extra` ones.
-    pub fn start(
-        mut out: W,
-        minor_version: u8,
-        extra: &[(&'static str, String)],
-    ) -> io::Result<EventStream<W>> {
-        let chunked = minor_version >= 1;
-        let mut head = String::from(
-            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\
-             X-Accel-Buffering: no\r\n",
-        );
-        for (name, value) in extra {
-            let _ = write!(head, "{name}: {value}\r\n");
-        }
-        head.push_str(if chunked {
-            "Transfer-Encoding: chunked\r\n\r\n"
-        } else {
-            "Connection: close\r\n\r\n"
-        });
-        out.write_all(head.as_bytes())?;
-        Ok(EventStream { out, chunked })
-    }
-
-    /// Sends one event whose data is the single line `data`.
-    pub fn event(&mut self, data: &str) -> io::Result<()> {
-        debug_assert!(!data.contains(['\r', '\n']));
-        self.send(&["data: ", data, "\n\n"])
-    }
-
-    /// Sends a comment line that keeps proxies from closing an idle stream.
-    pub fn keepalive(&mut self) -> io::Result<()> {
-        self.send(&[":\n\n"])
-    }
-
-    /// Ends the stream with the last, empty chunk, so a browser reconnects.
-    pub fn finish(mut self) -> io::Result<()> {
-        if self.chunked {
-            self.out.write_all(b"0\r\n\r\n")?;
-        }
-        Ok(())
-    }
-
-    fn send(&mut self, parts: &[&str]) -> io::Result<()> {
-        let len: usize = parts.iter().map(|p| p.len()).sum();
-        let mut chunk = String::with_capacity(len + 12);
-        if self.chunked {
-            let _ = write!(chunk, "{len:x}\r\n");
-        }
-        parts.iter().for_each(|p| chunk.push_str(p));
-        if self.chunked {
-            chunk.push_str("\r\n");
-        }
-        self.out.write_all(chunk.as_bytes())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -641,58 +505,5 @@ mod tests {
         assert!(parse(b"GET / HTTP/1.1\r\n\r\n").keep_alive());
         assert!(!parse(b"GET / HTTP/1.1\r\nConnection: keep-alive, Close\r\n\r\n").keep_alive());
         assert!(!parse(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").keep_alive());
-    }
-
-    #[test]
-    fn responses_carry_length_type_and_connection() {
-        let mut out = Vec::new();
-        Response::text(405, "method not allowed")
-            .with_header("Allow", "POST")
-            .write_to(&mut out, false)
-            .unwrap();
-        assert_eq!(
-            String::from_utf8(out).unwrap(),
-            "HTTP/1.1 405 Method Not Allowed\r\nAllow: POST\r\n\
-             Content-Type: text/plain; charset=utf-8\r\nContent-Length: 19\r\n\
-             Connection: close\r\n\r\nmethod not allowed\n"
-        );
-        let mut out = Vec::new();
-        Response::empty(200).write_to(&mut out, true).unwrap();
-        assert_eq!(out, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
-    }
-
-    #[test]
-    fn events_are_framed_as_one_chunk_each() {
-        let mut out = Vec::new();
-        let mut stream = EventStream::start(&mut out, 1, &[]).unwrap();
-        stream.event(r#"{"time":1,"status":"a"}"#).unwrap();
-        stream.keepalive().unwrap();
-        stream.finish().unwrap();
-        let text = String::from_utf8(out).unwrap();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap();
-        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"));
-        for header in [
-            "Content-Type: text/event-stream",
-            "Cache-Control: no-cache",
-            "X-Accel-Buffering: no",
-            "Transfer-Encoding: chunked",
-        ] {
-            assert!(head.contains(header), "{header}");
-        }
-        assert_eq!(
-            body,
-            "1f\r\ndata: {\"time\":1,\"status\":\"a\"}\n\n\r\n3\r\n:\n\n\r\n0\r\n\r\n"
-        );
-    }
-
-    #[test]
-    fn http_1_0_streams_are_unframed_and_close() {
-        let mut out = Vec::new();
-        let mut stream = EventStream::start(&mut out, 0, &[]).unwrap();
-        stream.event("{}").unwrap();
-        stream.finish().unwrap();
-        let text = String::from_utf8(out).unwrap();
-        assert!(text.contains("Connection: close\r\n\r\ndata: {}\n\n"));
-        assert!(!text.contains("chunked"));
     }
 }
