@@ -115,15 +115,36 @@ pub struct Limits {
 }
 
 impl Default for Limits {
+    /// The limits of [`DEFAULTS`].
     fn default() -> Self {
-        Limits {
-            max_id_bytes: 256,
-            max_status_bytes: 1024,
-            max_body_bytes: 4096,
-            max_head_bytes: 8192,
-        }
+        Config::from_lookup(|_| None)
+            .expect("the defaults are valid")
+            .limits
     }
 }
+
+/// Every variable and its default, as the service applies it when the variable is unset: the
+/// one place defaults are written. Tests check the shipped `.env` and README's table against
+/// it.
+pub const DEFAULTS: &[(&str, &str)] = &[
+    ("LISTEN", ":8080"),
+    ("REDIS", ":6379"),
+    ("KEY_PREFIX", "heartbeat:"),
+    ("KEEPALIVE_SECS", "25"),
+    ("LOG_LEVEL", "info"),
+    ("MAX_ID_BYTES", "256"),
+    ("MAX_STATUS_BYTES", "1024"),
+    ("MAX_BODY_BYTES", "4096"),
+    ("MAX_HEAD_BYTES", "8192"),
+    ("REDIS_TIMEOUT_MS", "1000"),
+    ("REDIS_POOL_SIZE", "16"),
+    ("WRITE_TIMEOUT_SECS", "10"),
+    ("REQUEST_TIMEOUT_SECS", "10"),
+    ("IDLE_TIMEOUT_SECS", "120"),
+    ("SUBSCRIBER_QUEUE", "1024"),
+    ("MAX_CONNECTIONS", ""),
+    ("CORS_ORIGINS", ""),
+];
 
 /// Why the configuration could not be loaded.
 #[derive(Debug, PartialEq, Eq)]
@@ -168,34 +189,28 @@ impl Config {
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let vars = Vars(&lookup);
         let limits = Limits {
-            max_id_bytes: vars.number("MAX_ID_BYTES", 256, 1, 65_536)?,
-            max_status_bytes: vars.number("MAX_STATUS_BYTES", 1024, 1, 1 << 20)?,
-            max_body_bytes: vars.number("MAX_BODY_BYTES", 4096, 16, 1 << 20)?,
-            max_head_bytes: vars.number("MAX_HEAD_BYTES", 8192, 512, 1 << 20)?,
+            max_id_bytes: vars.number("MAX_ID_BYTES", 1, 65_536)?,
+            max_status_bytes: vars.number("MAX_STATUS_BYTES", 1, 1 << 20)?,
+            max_body_bytes: vars.number("MAX_BODY_BYTES", 16, 1 << 20)?,
+            max_head_bytes: vars.number("MAX_HEAD_BYTES", 512, 1 << 20)?,
         };
         Ok(Config {
-            listen: vars.parse("LISTEN", ":8080", parse_listen, LISTEN_EXPECTED)?,
-            store: vars.parse("REDIS", ":6379", parse_store, REDIS_EXPECTED)?,
-            key_prefix: vars.parse("KEY_PREFIX", "heartbeat:", parse_prefix, PREFIX_EXPECTED)?,
-            keepalive: vars.seconds("KEEPALIVE_SECS", 25)?,
-            log_level: vars.parse("LOG_LEVEL", "info", parse_level, LEVEL_EXPECTED)?,
+            listen: vars.parse("LISTEN", parse_listen, LISTEN_EXPECTED)?,
+            store: vars.parse("REDIS", parse_store, REDIS_EXPECTED)?,
+            key_prefix: vars.parse("KEY_PREFIX", parse_prefix, PREFIX_EXPECTED)?,
+            keepalive: vars.seconds("KEEPALIVE_SECS")?,
+            log_level: vars.parse("LOG_LEVEL", parse_level, LEVEL_EXPECTED)?,
             limits,
-            redis_timeout: Duration::from_millis(vars.number(
-                "REDIS_TIMEOUT_MS",
-                1000,
-                10,
-                60_000,
-            )?),
-            redis_pool_size: vars.number("REDIS_POOL_SIZE", 16, 1, 1024)?,
-            write_timeout: vars.seconds("WRITE_TIMEOUT_SECS", 10)?,
-            request_timeout: vars.seconds("REQUEST_TIMEOUT_SECS", 10)?,
-            idle_timeout: vars.seconds("IDLE_TIMEOUT_SECS", 120)?,
-            subscriber_queue: vars.number("SUBSCRIBER_QUEUE", 1024, 1, 65_536)?,
-            cors: vars.parse("CORS_ORIGINS", "", parse_cors, CORS_EXPECTED)?,
-            max_connections: match lookup("MAX_CONNECTIONS") {
-                None => None,
-                Some(v) if v.is_empty() => None,
-                Some(_) => Some(vars.number("MAX_CONNECTIONS", 0, 1, 10_000_000)?),
+            redis_timeout: Duration::from_millis(vars.number("REDIS_TIMEOUT_MS", 10, 60_000)?),
+            redis_pool_size: vars.number("REDIS_POOL_SIZE", 1, 1024)?,
+            write_timeout: vars.seconds("WRITE_TIMEOUT_SECS")?,
+            request_timeout: vars.seconds("REQUEST_TIMEOUT_SECS")?,
+            idle_timeout: vars.seconds("IDLE_TIMEOUT_SECS")?,
+            subscriber_queue: vars.number("SUBSCRIBER_QUEUE", 1, 65_536)?,
+            cors: vars.parse("CORS_ORIGINS", parse_cors, CORS_EXPECTED)?,
+            max_connections: match vars.value("MAX_CONNECTIONS").trim() {
+                "" => None,
+                _ => Some(vars.number("MAX_CONNECTIONS", 1, 10_000_000)?),
             },
         })
     }
@@ -208,18 +223,28 @@ const LEVEL_EXPECTED: &str = "one of off, error, warn, info, debug, trace";
 const CORS_EXPECTED: &str =
     "empty, * or a comma-separated list of origins like https://app.example.com";
 
-/// Typed access to variables, each with its default and the error naming it.
+/// Typed access to variables, each with its default from [`DEFAULTS`] and the error naming it.
 struct Vars<'a, F: Fn(&str) -> Option<String>>(&'a F);
 
 impl<F: Fn(&str) -> Option<String>> Vars<'_, F> {
+    /// The variable's value, or its default if unset.
+    fn value(&self, var: &str) -> String {
+        (self.0)(var).unwrap_or_else(|| {
+            let (_, default) = DEFAULTS
+                .iter()
+                .find(|(name, _)| *name == var)
+                .expect("every variable read has a default in DEFAULTS");
+            (*default).to_owned()
+        })
+    }
+
     fn parse<T>(
         &self,
         var: &'static str,
-        default: &str,
         parse: impl Fn(&str) -> Option<T>,
         expected: &'static str,
     ) -> Result<T, ConfigError> {
-        let value = (self.0)(var).unwrap_or_else(|| default.to_owned());
+        let value = self.value(var);
         parse(value.trim()).ok_or_else(|| ConfigError::Invalid {
             var,
             value,
@@ -230,13 +255,10 @@ impl<F: Fn(&str) -> Option<String>> Vars<'_, F> {
     fn number<T: FromStr + PartialOrd + ToString>(
         &self,
         var: &'static str,
-        default: T,
         min: T,
         max: T,
     ) -> Result<T, ConfigError> {
-        let Some(value) = (self.0)(var) else {
-            return Ok(default);
-        };
+        let value = self.value(var);
         match value.trim().parse::<T>() {
             Ok(n) if n >= min && n <= max => Ok(n),
             _ => Err(ConfigError::Invalid {
@@ -251,9 +273,8 @@ impl<F: Fn(&str) -> Option<String>> Vars<'_, F> {
         }
     }
 
-    fn seconds(&self, var: &'static str, default: u64) -> Result<Duration, ConfigError> {
-        self.number(var, default, 1, 86_400)
-            .map(Duration::from_secs)
+    fn seconds(&self, var: &'static str) -> Result<Duration, ConfigError> {
+        self.number(var, 1, 86_400).map(Duration::from_secs)
     }
 }
 
@@ -369,6 +390,59 @@ mod tests {
         assert_eq!(c.limits, Limits::default());
         assert_eq!(c.max_connections, None);
         assert_eq!(c.subscriber_queue, 1024);
+    }
+
+    /// `NAME=value` lines of the shipped `.env`.
+    fn shipped_dotenv() -> Vec<(String, String)> {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/.env")).unwrap();
+        text.lines()
+            .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+            .map(|l| {
+                let (name, value) = l.split_once('=').expect("NAME=value");
+                (name.to_owned(), value.to_owned())
+            })
+            .collect()
+    }
+
+    /// The variables table of README's Configuration section: name and default column.
+    fn readme_defaults() -> Vec<(String, String)> {
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        let section = text
+            .split("## Configuration")
+            .nth(1)
+            .expect("a Configuration section");
+        let section = section.split("\n## ").next().unwrap();
+        section
+            .lines()
+            .filter(|l| l.starts_with("| `"))
+            .map(|l| {
+                let cells: Vec<&str> = l.trim_matches('|').split(" | ").map(str::trim).collect();
+                let name = cells[0].trim_matches('`').to_owned();
+                let default = match cells[cells.len() - 1] {
+                    "empty" => String::new(),
+                    d => d.trim_matches('`').to_owned(),
+                };
+                (name, default)
+            })
+            .collect()
+    }
+
+    fn defaults() -> Vec<(String, String)> {
+        DEFAULTS
+            .iter()
+            .map(|(n, d)| (n.to_string(), d.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_shipped_dotenv_lists_every_variable_with_its_default() {
+        assert_eq!(shipped_dotenv(), defaults());
+    }
+
+    #[test]
+    fn readme_lists_every_variable_with_its_default() {
+        assert_eq!(readme_defaults(), defaults());
     }
 
     #[test]
