@@ -5,7 +5,7 @@ mod support;
 use std::io::{BufReader, Write};
 use std::time::{Duration, Instant};
 
-use support::{AT_ONCE, Heartbeat, Redis, SOON, Sse, SseItem};
+use support::{AT_ONCE, Heartbeat, Redis, SOON, Sse, SseItem, heartbeat_on_redis};
 
 fn now_secs() -> u64 {
     std::time::SystemTime::now()
@@ -16,8 +16,7 @@ fn now_secs() -> u64 {
 
 #[test]
 fn a_ping_is_answered_200_with_an_empty_body_and_stored_in_redis() {
-    let redis = Redis::start();
-    let heartbeat = Heartbeat::start(&redis.addr());
+    let (redis, heartbeat) = heartbeat_on_redis();
     let reply = heartbeat.ping("alice", "1");
     assert_eq!(reply.status, 200, "{reply:?}");
     assert_eq!(reply.body, "");
@@ -36,8 +35,7 @@ fn a_ping_is_answered_200_with_an_empty_body_and_stored_in_redis() {
 
 #[test]
 fn a_subscriber_gets_the_cached_ping_at_once_then_live_ones_with_integer_times() {
-    let redis = Redis::start();
-    let heartbeat = Heartbeat::start(&redis.addr());
+    let (_redis, heartbeat) = heartbeat_on_redis();
     assert_eq!(heartbeat.ping("bob", "a").status, 200);
 
     let started = Instant::now();
@@ -60,8 +58,7 @@ fn a_subscriber_gets_the_cached_ping_at_once_then_live_ones_with_integer_times()
 
 #[test]
 fn the_stream_head_arrives_before_any_ping_exists() {
-    let redis = Redis::start();
-    let heartbeat = Heartbeat::start(&redis.addr());
+    let (_redis, heartbeat) = heartbeat_on_redis();
     let mut sse = heartbeat.subscribe("/subscribe/nobody-yet");
     assert_eq!(sse.head.status, 200);
     sse.expect_no_data(Duration::from_millis(300));
@@ -71,8 +68,7 @@ fn the_stream_head_arrives_before_any_ping_exists() {
 
 #[test]
 fn the_short_route_with_a_token_query_and_encoded_ids_is_the_same_stream() {
-    let redis = Redis::start();
-    let heartbeat = Heartbeat::start(&redis.addr());
+    let (_redis, heartbeat) = heartbeat_on_redis();
     let user = "user 1/é";
     heartbeat.ping(user, "cached");
     let mut short = heartbeat.subscribe("/subscribe/user%201%2F%C3%A9?token=eyJhbGciOi.x.y");
@@ -86,8 +82,7 @@ fn the_short_route_with_a_token_query_and_encoded_ids_is_the_same_stream() {
 
 #[test]
 fn live_pings_reach_every_subscriber_of_the_user_and_no_one_else() {
-    let redis = Redis::start();
-    let heartbeat = Heartbeat::start(&redis.addr());
+    let (_redis, heartbeat) = heartbeat_on_redis();
     let mut carols: Vec<Sse> = (0..3)
         .map(|i| heartbeat.subscribe(&format!("/subscribe/carol/client/c{i}")))
         .collect();
@@ -147,8 +142,7 @@ fn memory_mode_serves_the_same_api_without_redis() {
 
 #[test]
 fn bad_pings_get_a_4xx_with_a_one_line_reason_and_store_nothing() {
-    let redis = Redis::start();
-    let heartbeat = Heartbeat::start(&redis.addr());
+    let (redis, heartbeat) = heartbeat_on_redis();
     let claim = r#"{"userid":"hal","clientid":"x"}"#;
     let long_status = format!(r#"{{"status":"{}"}}"#, "s".repeat(1025));
     let long_user = format!(r#"{{"userid":"{}"}}"#, "u".repeat(257));
@@ -454,8 +448,7 @@ fn dot_env_supplies_defaults_that_the_environment_overrides() {
 
 #[test]
 fn sigterm_ends_every_stream_with_the_last_chunk_and_exits_0() {
-    let redis = Redis::start();
-    let mut heartbeat = Heartbeat::start(&redis.addr());
+    let (_redis, mut heartbeat) = heartbeat_on_redis();
     let mut streams: Vec<Sse> = (0..5)
         .map(|i| heartbeat.subscribe(&format!("/subscribe/pam{i}")))
         .collect();

@@ -6,7 +6,7 @@ mod support;
 use std::process::Command;
 use std::time::Duration;
 
-use support::{AT_ONCE, Heartbeat, Redis, SOON};
+use support::{AT_ONCE, Heartbeat, Redis, SOON, heartbeat_on_redis};
 
 fn get(heartbeat: &Heartbeat, path: &str) -> support::Reply {
     heartbeat.request(format!("GET {path} HTTP/1.1\r\nConnection: close\r\n\r\n").as_bytes())
@@ -14,8 +14,7 @@ fn get(heartbeat: &Heartbeat, path: &str) -> support::Reply {
 
 #[test]
 fn healthz_is_200_with_redis_up_and_503_with_a_reason_when_it_is_down() {
-    let mut redis = Redis::start();
-    let heartbeat = Heartbeat::start(&redis.addr());
+    let (mut redis, heartbeat) = heartbeat_on_redis();
     let ok = get(&heartbeat, "/healthz");
     assert_eq!(ok.status, 200);
     assert_eq!(ok.header("content-type"), Some("application/json"));
@@ -70,8 +69,7 @@ fn healthz_is_503_when_only_the_subscription_is_down() {
 
 #[test]
 fn metrics_count_pings_streams_and_deliveries_in_prometheus_text() {
-    let redis = Redis::start();
-    let heartbeat = Heartbeat::start(&redis.addr());
+    let (_redis, heartbeat) = heartbeat_on_redis();
     let mut sse = heartbeat.subscribe("/subscribe/jan");
     heartbeat.ping("jan", "1");
     heartbeat.ping("jan", "2");
@@ -161,8 +159,7 @@ fn cors_allows_the_configured_origin_on_pings_preflights_and_streams() {
 
 #[test]
 fn info_logs_have_no_line_per_request() {
-    let redis = Redis::start();
-    let heartbeat = Heartbeat::start(&redis.addr());
+    let (_redis, heartbeat) = heartbeat_on_redis();
     let before = heartbeat.logs().lines().count();
     for n in 0..20 {
         heartbeat.ping("lou", &n.to_string());
@@ -229,8 +226,7 @@ fn version_and_healthcheck_commands() {
 
 #[test]
 fn the_curl_smoke_script_passes_against_the_binary() {
-    let redis = Redis::start();
-    let heartbeat = Heartbeat::start(&redis.addr());
+    let (_redis, heartbeat) = heartbeat_on_redis();
     let output = Command::new("bash")
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/smoke.sh"))
         .arg(format!("http://{}", heartbeat.addr))

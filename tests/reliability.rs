@@ -11,14 +11,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::{Heartbeat, Link, Proxy, Redis, SOON, Sse};
+use support::{Heartbeat, Link, Proxy, Redis, SOON, Sse, heartbeat_on_redis};
 
 const UP: &str = "redis subscription up";
 
 #[test]
 fn streams_survive_a_redis_restart_and_get_the_pings_after_it() {
-    let mut redis = Redis::start();
-    let heartbeat = Heartbeat::start(&redis.addr());
+    let (mut redis, heartbeat) = heartbeat_on_redis();
     let mut streams: Vec<Sse> = ["ann", "ann", "ben"]
         .iter()
         .map(|u| heartbeat.subscribe(&format!("/subscribe/{u}")))
@@ -533,8 +532,7 @@ fn malformed_corpus() -> Vec<(&'static str, Vec<u8>, u16)> {
 
 #[test]
 fn malformed_requests_get_a_4xx_with_a_reason_and_write_nothing_to_redis() {
-    let redis = Redis::start();
-    let heartbeat = Heartbeat::start(&redis.addr());
+    let (redis, heartbeat) = heartbeat_on_redis();
     for (name, raw, status) in malformed_corpus() {
         let reply = heartbeat.request(&raw);
         assert_eq!(reply.status, status, "{name}: {reply:?}");
