@@ -31,26 +31,57 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Ports below the kernel's ephemeral range (net.ipv4.ip_local_port_range, 32768 and up
+# here), so no outgoing connection can hold the one we pick; a start that still loses the
+# race is retried on another port.
 free_port() { # a loopback port nothing listens on
   local port
   while :; do
-    port=$((20000 + RANDOM % 40000))
+    port=$((20000 + RANDOM % 12000))
     (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || { echo "$port"; return; }
   done
 }
 
-redis_port=$(free_port)
-redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no \
-  --dir "$work" --logfile "$work/redis.log" &
-pids+=($!)
-until redis-cli -p "$redis_port" ping 2>/dev/null | grep -q PONG; do sleep 0.05; done
+# wait_for WHAT PID SECONDS COMMAND...: runs COMMAND every 50 ms until it succeeds; fails
+# when PID has exited or SECONDS have passed, so no wait can hang the run.
+wait_for() {
+  local what=$1 pid=$2 deadline=$((SECONDS + $3))
+  shift 3
+  until "$@" >/dev/null 2>&1; do
+    if ! kill -0 "$pid" 2>/dev/null; then echo "bench: $what exited" >&2; return 1; fi
+    if [ "$SECONDS" -ge "$deadline" ]; then echo "bench: $what not ready in time" >&2; return 1; fi
+    sleep 0.05
+  done
+}
 
-start_heartbeat() { # start_heartbeat PORT -> sets hb_pid
-  LISTEN="127.0.0.1:$1" REDIS="127.0.0.1:$redis_port" KEY_PREFIX="bench:" LOG_LEVEL=warn \
-    "$hb" 2>>"$work/heartbeat.log" &
-  hb_pid=$!
-  pids+=("$hb_pid")
-  until curl -sf "http://127.0.0.1:$1/healthz" >/dev/null; do sleep 0.02; done
+redis_ping() { [ "$(redis-cli -p "$1" ping 2>/dev/null)" = PONG ]; }
+for try in 1 2 3 4 5; do
+  redis_port=$(free_port)
+  redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no \
+    --dir "$work" --logfile "$work/redis.log" &
+  redis_pid=$!
+  if wait_for redis-server "$redis_pid" 10 redis_ping "$redis_port"; then
+    pids+=("$redis_pid")
+    break
+  fi
+  kill "$redis_pid" 2>/dev/null || true
+  [ "$try" -lt 5 ] || { tail -5 "$work/redis.log" >&2; exit 1; }
+done
+
+healthy() { curl -sf --max-time 2 "http://127.0.0.1:$1/healthz"; }
+start_heartbeat() { # sets port and hb_pid; a port lost to a race is retried on another
+  local try
+  for try in 1 2 3 4 5; do
+    port=$(free_port)
+    LISTEN="127.0.0.1:$port" REDIS="127.0.0.1:$redis_port" KEY_PREFIX="bench:" LOG_LEVEL=warn \
+      "$hb" 2>>"$work/heartbeat.log" &
+    hb_pid=$!
+    pids+=("$hb_pid")
+    wait_for heartbeat "$hb_pid" 10 healthy "$port" && return
+    kill "$hb_pid" 2>/dev/null || true
+  done
+  tail -5 "$work/heartbeat.log" >&2
+  exit 1
 }
 stop_heartbeat() { kill -TERM "$hb_pid"; wait "$hb_pid" 2>/dev/null || true; }
 result() { sed -n "s/^result $1=//p" "$2" | tail -1; }
@@ -66,8 +97,7 @@ port=$(free_port)
 "$bench" startup "127.0.0.1:$port" env LISTEN="127.0.0.1:$port" REDIS=memory LOG_LEVEL=warn "$hb" | tee "$work/startup"
 ready=$(result ready_ms "$work/startup")
 
-port=$(free_port)
-start_heartbeat "$port"
+start_heartbeat
 sleep 1
 idle=$(rss_kib "$hb_pid")
 echo "idle RSS on Redis: $idle KiB"
@@ -78,8 +108,7 @@ echo "== $streams streams over $users users, $rate pings/s for $seconds s"
 stop_heartbeat
 
 echo "== $streams_max streams held (memory), $rate pings/s for 3 s"
-port=$(free_port)
-start_heartbeat "$port"
+start_heartbeat
 "$bench" run --addr "127.0.0.1:$port" --pid "$hb_pid" --streams "$streams_max" --users "$users" \
   --rate "$rate" --seconds 3 | tee "$work/run_max"
 stop_heartbeat
@@ -88,8 +117,7 @@ stop_heartbeat
 # quarter, so the table gives the median and every run. heartbeat's CPU time per ping
 # (/proc/PID/stat) varies much less with the machine's load than its rate does.
 echo "== wrk: POST /ping, 32 connections, 3 x $wrk_time, a different user each request"
-port=$(free_port)
-start_heartbeat "$port"
+start_heartbeat
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 ticks0=$(cpu_ticks "$hb_pid")
 for i in 1 2 3; do
@@ -107,8 +135,10 @@ redis-benchmark -p "$redis_port" -c 32 -n "$rb_requests" -r 1000 -q \
 echo "== ceiling: wrk against heartbeat's HTTP layer answering a constant, 32 connections"
 port=$(free_port)
 "$bench" hello "127.0.0.1:$port" >/dev/null &
-pids+=($!)
-until curl -sf "http://127.0.0.1:$port/" >/dev/null; do sleep 0.02; done
+hello_pid=$!
+pids+=("$hello_pid")
+hello_up() { curl -sf --max-time 2 "http://127.0.0.1:$1/"; }
+wait_for heartbeat-bench-hello "$hello_pid" 10 hello_up "$port"
 wrk -t2 -c32 -d"$wrk_time" --latency "http://127.0.0.1:$port/" | tee "$work/hello"
 
 # The figures against their targets.
