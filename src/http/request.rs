@@ -9,7 +9,7 @@ use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use super::Response;
+use super::response::Response;
 use crate::config::Limits;
 
 const MAX_HEADERS: usize = 64;
