@@ -112,6 +112,8 @@ pub struct Limits {
     pub max_status_bytes: usize,
     pub max_body_bytes: usize,
     pub max_head_bytes: usize,
+    /// Most distinct users one `/subscribe?user=...` stream or `/status` request may name.
+    pub max_users_per_stream: usize,
 }
 
 impl Default for Limits {
@@ -135,7 +137,8 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("MAX_ID_BYTES", "256"),
     ("MAX_STATUS_BYTES", "1024"),
     ("MAX_BODY_BYTES", "4096"),
-    ("MAX_HEAD_BYTES", "8192"),
+    ("MAX_HEAD_BYTES", "16384"),
+    ("MAX_USERS_PER_STREAM", "256"),
     ("REDIS_TIMEOUT_MS", "1000"),
     ("REDIS_POOL_SIZE", "16"),
     ("WRITE_TIMEOUT_SECS", "10"),
@@ -193,6 +196,7 @@ impl Config {
             max_status_bytes: vars.number("MAX_STATUS_BYTES", 1, 1 << 20)?,
             max_body_bytes: vars.number("MAX_BODY_BYTES", 16, 1 << 20)?,
             max_head_bytes: vars.number("MAX_HEAD_BYTES", 512, 1 << 20)?,
+            max_users_per_stream: vars.number("MAX_USERS_PER_STREAM", 1, 65_536)?,
         };
         Ok(Config {
             listen: vars.parse("LISTEN", parse_listen, LISTEN_EXPECTED)?,

@@ -1,17 +1,22 @@
-//! The hub: which local subscribers watch which user, and the fan-out of events to them.
+//! The hub: which local subscribers watch which users, and the fan-out of events to them.
 //!
-//! Publishing never blocks: each subscriber has a bounded channel, and a subscriber whose
-//! channel is full is dropped from the hub (its stream then ends and the client reconnects,
-//! getting the latest ping first) instead of holding memory or slowing anyone else.
+//! A subscriber watches one user or many (one stream for a whole contact list): it has one
+//! channel and one thread, registered under each of its users with the user's index in its
+//! list, so an extra watched user costs one entry in the hub and nothing else.
+//!
+//! Publishing never blocks: a subscriber whose channel already holds `queue` events is
+//! dropped from the hub (its stream then ends and the client reconnects, getting the latest
+//! pings first) instead of holding memory or slowing anyone else.
 //!
 //! The bound is the hub's own length check on a crossbeam list channel rather than
 //! `crossbeam_channel::bounded`, whose slot array is allocated up front: at a bound of 1,024
 //! that is 16 KiB per stream before any event, while a list channel allocates its blocks of
-//! 31 slots only as events queue. Only the hub sends, under its lock, so the check cannot race.
+//! 31 slots only as events queue. Only the hub sends live events, under its lock, so the
+//! check cannot race.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::{self, Thread};
 use std::time::Instant;
 
@@ -19,6 +24,9 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use parking_lot::Mutex;
 
 use crate::ping::{Event, LastPing};
+
+/// An event for a subscriber: the index of its user in the subscriber's list, and the event.
+pub type Delivery = (u32, Arc<Event>);
 
 /// Local subscribers by user.
 pub struct Hub {
@@ -30,17 +38,29 @@ pub struct Hub {
 
 struct Inner {
     next_id: u64,
-    users: HashMap<String, Vec<Slot>>,
+    /// Each watched user's subscribers. Keys are shared with the subscribers' lists.
+    users: HashMap<Arc<str>, Vec<Watch>>,
     /// Set by `close`: no new subscriber is registered after it.
     closed: bool,
 }
 
+/// One subscriber of one user.
+struct Watch {
+    slot: Arc<Slot>,
+    /// The user's index in the subscriber's list.
+    index: u32,
+}
+
+/// The hub's side of a subscriber, shared by its watches, the subscriber and its mailbox.
 struct Slot {
     id: u64,
-    /// Always `Some` until dropped.
-    events: Option<Sender<Arc<Event>>>,
-    /// The subscriber's thread, woken after each event and when the slot is dropped.
+    events: Sender<Delivery>,
+    /// The subscriber's thread, woken after each event and when the hub lets go.
     waiter: Thread,
+    /// Set when the hub lets go (too slow, closed) or the subscriber leaves: the subscriber
+    /// then takes what is queued and ends.
+    released: AtomicBool,
+    users: Box<[Arc<str>]>,
 }
 
 /// What became of an event offered to a subscriber.
@@ -48,44 +68,60 @@ enum Offer {
     Queued,
     /// The subscriber has `queue` events waiting already: too slow.
     Full,
-    /// The subscriber went away and has not unregistered yet.
+    /// The subscriber was let go or went away.
     Gone,
 }
 
 impl Slot {
-    /// Queues `event` and wakes the subscriber, unless it is too slow or gone.
-    fn offer(&self, event: &Arc<Event>, queue: usize) -> Offer {
-        let Some(events) = &self.events else {
+    /// Queues `event` and wakes the subscriber, unless it is gone or has `bound` queued.
+    fn offer(&self, delivery: Delivery, bound: usize) -> Offer {
+        if self.released.load(Ordering::Acquire) {
             return Offer::Gone;
-        };
-        if events.len() >= queue {
+        }
+        if self.events.len() >= bound {
             return Offer::Full;
         }
-        if events.send(Arc::clone(event)).is_err() {
+        if self.events.send(delivery).is_err() {
             return Offer::Gone;
         }
         self.waiter.unpark();
         Offer::Queued
     }
-}
 
-impl Drop for Slot {
-    fn drop(&mut self) {
-        // Disconnect first, then wake the subscriber, so that it sees the disconnect.
-        drop(self.events.take());
+    /// Ends the subscription: the subscriber takes what is queued, then sees the end.
+    fn release(&self) {
+        self.released.store(true, Ordering::Release);
         self.waiter.unpark();
     }
 }
 
+impl Inner {
+    /// Removes `slot` from every user it watches.
+    fn unregister(&mut self, slot: &Slot) {
+        for user in &slot.users {
+            if let Some(watches) = self.users.get_mut(user) {
+                watches.retain(|w| w.slot.id != slot.id);
+                if watches.is_empty() {
+                    self.users.remove(user);
+                }
+            }
+        }
+    }
+}
+
 /// One subscriber's registration, made on the thread that will wait for its events
-/// ([`Subscriber::wait`]). The events disconnect when the hub drops the subscriber (too
-/// slow) or closes. Dropping it unregisters it.
+/// ([`Subscriber::wait`]). Its events end when the hub lets go (too slow, or closed).
+/// Dropping it unregisters it.
 pub struct Subscriber {
     hub: Arc<Hub>,
-    user: String,
-    id: u64,
-    pub events: Receiver<Arc<Event>>,
+    slot: Arc<Slot>,
+    events: Receiver<Delivery>,
 }
+
+/// Where the cached reads deliver a new subscriber's last pings: straight to it, not to
+/// every subscriber of those users.
+#[derive(Clone)]
+pub struct Mailbox(Arc<Slot>);
 
 impl Hub {
     /// A hub whose subscribers may each fall `queue` events behind.
@@ -101,25 +137,41 @@ impl Hub {
         })
     }
 
-    /// Registers a subscriber of `user`, whose events the calling thread will wait for.
-    /// After `close`, the subscriber's channel is already disconnected.
-    pub fn subscribe(self: &Arc<Self>, user: &str) -> Subscriber {
-        let (tx, rx) = crossbeam_channel::unbounded();
+    /// Registers a subscriber of `users` (distinct, at least one), whose events the calling
+    /// thread will wait for; a [`Delivery`] names the user by its index in `users`. After
+    /// `close`, the subscriber is already released.
+    pub fn subscribe(self: &Arc<Self>, users: &[String]) -> Subscriber {
+        let (tx, rx) = channel();
+        let waiter = thread::current();
         let mut inner = self.inner.lock();
         let id = inner.next_id;
         inner.next_id += 1;
+        let names: Box<[Arc<str>]> = users
+            .iter()
+            .map(|user| match inner.users.get_key_value(user.as_str()) {
+                Some((name, _)) => Arc::clone(name),
+                None => Arc::from(user.as_str()),
+            })
+            .collect();
+        let slot = Arc::new(Slot {
+            id,
+            events: tx,
+            waiter,
+            released: AtomicBool::new(inner.closed),
+            users: names,
+        });
         if !inner.closed {
-            let slot = Slot {
-                id,
-                events: Some(tx),
-                waiter: thread::current(),
-            };
-            inner.users.entry(user.to_owned()).or_default().push(slot);
+            for (index, name) in slot.users.iter().enumerate() {
+                let watch = Watch {
+                    slot: Arc::clone(&slot),
+                    index: index as u32,
+                };
+                inner.users.entry(Arc::clone(name)).or_default().push(watch);
+            }
         }
         Subscriber {
             hub: Arc::clone(self),
-            user: user.to_owned(),
-            id,
+            slot,
             events: rx,
         }
     }
@@ -128,33 +180,40 @@ impl Hub {
     /// whose channel is full is dropped. Returns how many subscribers took it.
     pub fn publish(&self, user: &str, event: Arc<Event>) -> usize {
         let mut inner = self.inner.lock();
-        let Some(slots) = inner.users.get_mut(user) else {
+        let Some(watches) = inner.users.get_mut(user) else {
             return 0;
         };
-        let mut slow = 0;
-        slots.retain(|slot| match slot.offer(&event, self.queue) {
-            Offer::Queued => true,
-            Offer::Full => {
-                log::warn!(
-                    "dropping a subscriber of {user:?}: {} events behind",
-                    self.queue
-                );
-                slow += 1;
-                false
-            }
-            Offer::Gone => false,
-        });
-        let delivered = slots.len();
-        if slots.is_empty() {
+        let mut slow = Vec::new();
+        watches.retain(
+            |w| match w.slot.offer((w.index, Arc::clone(&event)), self.queue) {
+                Offer::Queued => true,
+                Offer::Full => {
+                    slow.push(Arc::clone(&w.slot));
+                    false
+                }
+                Offer::Gone => false,
+            },
+        );
+        let delivered = watches.len();
+        if watches.is_empty() {
             inner.users.remove(user);
         }
-        self.dropped_slow.fetch_add(slow, Ordering::Relaxed);
+        for slot in &slow {
+            log::warn!(
+                "dropping a subscriber of {user:?}: {} events behind",
+                self.queue
+            );
+            slot.release();
+            inner.unregister(slot);
+        }
+        self.dropped_slow
+            .fetch_add(slow.len() as u64, Ordering::Relaxed);
         delivered
     }
 
     /// Publishes `user`'s ping as an event rendered once for all of the user's subscribers.
     pub fn publish_ping(&self, user: &str, ping: &LastPing) -> usize {
-        self.publish(user, Arc::new(Event::from(ping)))
+        self.publish(user, Arc::new(Event::new(user, ping)))
     }
 
     /// Whether `user` has a local subscriber: a cheap check before building an event.
@@ -164,12 +223,13 @@ impl Hub {
 
     /// The users that have at least one local subscriber.
     pub fn users(&self) -> Vec<String> {
-        self.inner.lock().users.keys().cloned().collect()
+        let inner = self.inner.lock();
+        inner.users.keys().map(|u| u.to_string()).collect()
     }
 
-    /// How many subscribers are registered.
+    /// How many subscriber registrations (subscriber and user) there are.
     #[cfg(test)]
-    fn subscriber_count(&self) -> usize {
+    fn watch_count(&self) -> usize {
         self.inner.lock().users.values().map(Vec::len).sum()
     }
 
@@ -178,34 +238,42 @@ impl Hub {
         self.dropped_slow.load(Ordering::Relaxed)
     }
 
-    /// Ends every subscriber (their channels disconnect) and refuses new ones.
+    /// Ends every subscription (each takes what it has queued, then ends) and refuses new
+    /// ones.
     pub fn close(&self) {
         let mut inner = self.inner.lock();
         inner.closed = true;
-        inner.users.clear();
-    }
-
-    fn unsubscribe(&self, user: &str, id: u64) {
-        let mut inner = self.inner.lock();
-        if let Some(slots) = inner.users.get_mut(user) {
-            slots.retain(|slot| slot.id != id);
-            if slots.is_empty() {
-                inner.users.remove(user);
+        for watches in inner.users.values() {
+            for watch in watches {
+                watch.slot.release();
             }
         }
+        inner.users.clear();
     }
+}
+
+/// A new subscriber's channel, made outside [`Hub::subscribe`]'s frame: the channel is built
+/// on the stack before it is boxed, and every stream thread's deepest stack page stays
+/// resident for the stream's life.
+#[inline(never)]
+fn channel() -> (Sender<Delivery>, Receiver<Delivery>) {
+    crossbeam_channel::unbounded()
 }
 
 impl Subscriber {
     /// The next event, waiting for it until `deadline`; `Timeout` if none came by then,
-    /// `Disconnected` once the hub has let go and every queued event was taken. Call it on
-    /// the thread that subscribed: that is the thread the hub wakes.
-    pub fn wait(&self, deadline: Instant) -> Result<Arc<Event>, WaitError> {
+    /// `Ended` once the hub has let go and every queued event was taken. Call it on the
+    /// thread that subscribed: that is the thread the hub wakes.
+    pub fn wait(&self, deadline: Instant) -> Result<Delivery, WaitError> {
         loop {
             match self.events.try_recv() {
-                Ok(event) => return Ok(event),
-                Err(TryRecvError::Disconnected) => return Err(WaitError::Disconnected),
+                Ok(delivery) => return Ok(delivery),
+                Err(TryRecvError::Disconnected) => return Err(WaitError::Ended),
                 Err(TryRecvError::Empty) => {}
+            }
+            if self.slot.released.load(Ordering::Acquire) {
+                // Whatever was sent before the release is in the channel by now.
+                return self.events.try_recv().map_err(|_| WaitError::Ended);
             }
             let Some(left) = deadline.checked_duration_since(Instant::now()) else {
                 return Err(WaitError::Timeout);
@@ -215,87 +283,165 @@ impl Subscriber {
             thread::park_timeout(left);
         }
     }
+
+    /// How many users this subscriber watches.
+    pub fn user_count(&self) -> usize {
+        self.slot.users.len()
+    }
+
+    /// Where this subscriber's cached pings are to be delivered.
+    pub fn mailbox(&self) -> Mailbox {
+        Mailbox(Arc::clone(&self.slot))
+    }
+}
+
+impl Mailbox {
+    /// The users of the subscriber, in its order.
+    pub fn users(&self) -> &[Arc<str>] {
+        &self.0.users
+    }
+
+    /// Whether the subscriber still takes events.
+    pub fn is_open(&self) -> bool {
+        !self.0.released.load(Ordering::Acquire)
+    }
+
+    /// Queues the event of the user at `index` in [`users`](Mailbox::users). Not bound by the
+    /// queue limit: a subscriber gets at most one cached ping per user.
+    pub fn deliver(&self, index: u32, event: Arc<Event>) {
+        // The send fails only once the subscriber has gone, when nobody needs the event.
+        if self.is_open() && self.0.events.send((index, event)).is_ok() {
+            self.0.waiter.unpark();
+        }
+    }
 }
 
 /// Why [`Subscriber::wait`] returned no event.
 #[derive(Debug, PartialEq, Eq)]
 pub enum WaitError {
     Timeout,
-    Disconnected,
+    Ended,
 }
 
 impl Drop for Subscriber {
     fn drop(&mut self) {
-        self.hub.unsubscribe(&self.user, self.id);
+        self.slot.released.store(true, Ordering::Release);
+        self.hub.inner.lock().unregister(&self.slot);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crossbeam_channel::TryRecvError;
 
-    fn event(seq: u64) -> Arc<Event> {
-        Arc::new(Event {
+    fn event(user: &str, seq: u64) -> Arc<Event> {
+        let ping = LastPing {
             seq,
-            data: format!("{{\"seq\":{seq}}}"),
-        })
+            time: seq,
+            status: "s".into(),
+        };
+        Arc::new(Event::new(user, &ping))
+    }
+
+    fn users(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    /// What the subscriber has queued, as (user, seq), without waiting.
+    fn queued(sub: &Subscriber) -> Vec<(String, u64)> {
+        let past = Instant::now();
+        std::iter::from_fn(|| sub.wait(past).ok())
+            .map(|(index, event)| (sub.slot.users[index as usize].to_string(), event.seq))
+            .collect()
     }
 
     fn seqs(sub: &Subscriber) -> Vec<u64> {
-        sub.events.try_iter().map(|e| e.seq).collect()
+        queued(sub).into_iter().map(|(_, seq)| seq).collect()
     }
 
     #[test]
     fn publish_reaches_every_subscriber_of_the_user_in_order_and_no_one_else() {
         let hub = Hub::new(8);
-        let (a1, a2, b) = (hub.subscribe("a"), hub.subscribe("a"), hub.subscribe("b"));
+        let a1 = hub.subscribe(&users(&["a"]));
+        let a2 = hub.subscribe(&users(&["a"]));
+        let b = hub.subscribe(&users(&["b"]));
         for seq in 1..=3 {
-            assert_eq!(hub.publish("a", event(seq)), 2);
+            assert_eq!(hub.publish("a", event("a", seq)), 2);
         }
         assert_eq!(seqs(&a1), [1, 2, 3]);
         assert_eq!(seqs(&a2), [1, 2, 3]);
         assert_eq!(seqs(&b), [] as [u64; 0]);
-        assert_eq!(hub.publish("nobody", event(1)), 0);
+        assert_eq!(hub.publish("nobody", event("nobody", 1)), 0);
     }
 
     #[test]
-    fn a_full_subscriber_is_dropped_without_blocking_the_others() {
+    fn one_subscriber_of_many_users_gets_each_users_events_by_index() {
+        let hub = Hub::new(8);
+        let many = hub.subscribe(&users(&["a", "b", "c"]));
+        let just_b = hub.subscribe(&users(&["b"]));
+        hub.publish("b", event("b", 1));
+        hub.publish("z", event("z", 2));
+        hub.publish("a", event("a", 3));
+        hub.publish("c", event("c", 4));
+        assert_eq!(
+            queued(&many),
+            [("b".into(), 1), ("a".into(), 3), ("c".into(), 4)]
+        );
+        assert_eq!(queued(&just_b), [("b".into(), 1)]);
+        assert_eq!(hub.watch_count(), 4);
+        drop(many);
+        assert_eq!(hub.watch_count(), 1);
+        assert_eq!(hub.users(), ["b"]);
+    }
+
+    #[test]
+    fn a_full_subscriber_is_dropped_from_all_its_users_without_blocking_the_others() {
         let hub = Hub::new(2);
-        let (slow, fast) = (hub.subscribe("u"), hub.subscribe("u"));
+        let slow = hub.subscribe(&users(&["u", "v"]));
+        let fast = hub.subscribe(&users(&["u"]));
         for seq in 1..=2 {
-            hub.publish("u", event(seq));
+            hub.publish("u", event("u", seq));
         }
         assert_eq!(seqs(&fast), [1, 2]);
-        assert_eq!(hub.publish("u", event(3)), 1, "the slow one is full");
+        assert_eq!(hub.publish("u", event("u", 3)), 1, "the slow one is full");
         assert_eq!(hub.dropped_slow(), 1);
         assert_eq!(seqs(&fast), [3]);
-        // The slow one still gets what it had queued, then sees the disconnect.
+        assert_eq!(hub.publish("v", event("v", 4)), 0, "gone from v too");
+        // The slow one still gets what it had queued, then sees the end.
         assert_eq!(seqs(&slow), [1, 2]);
-        assert_eq!(slow.events.try_recv(), Err(TryRecvError::Disconnected));
-        assert_eq!(hub.subscriber_count(), 1);
+        assert_eq!(
+            slow.wait(Instant::now() + std::time::Duration::from_secs(5)),
+            Err(WaitError::Ended)
+        );
+        assert_eq!(hub.watch_count(), 1);
     }
 
     #[test]
-    fn dropping_a_subscriber_unregisters_it() {
-        let hub = Hub::new(2);
-        let a = hub.subscribe("u");
-        let b = hub.subscribe("u");
-        drop(a);
-        assert_eq!(hub.subscriber_count(), 1);
-        drop(b);
-        assert_eq!(hub.subscriber_count(), 0);
-        assert!(hub.users().is_empty());
+    fn a_mailbox_reaches_only_its_subscriber_and_not_after_it_left() {
+        let hub = Hub::new(1);
+        let new = hub.subscribe(&users(&["u", "v"]));
+        let old = hub.subscribe(&users(&["u"]));
+        let mailbox = new.mailbox();
+        assert_eq!(&*mailbox.users()[1], "v");
+        // Past the queue bound: cached pings are at most one per user.
+        mailbox.deliver(0, event("u", 1));
+        mailbox.deliver(1, event("v", 2));
+        assert_eq!(queued(&new), [("u".into(), 1), ("v".into(), 2)]);
+        assert_eq!(seqs(&old), [] as [u64; 0]);
+        drop(new);
+        assert!(!mailbox.is_open());
     }
 
     #[test]
-    fn close_disconnects_everyone_and_refuses_newcomers() {
+    fn close_ends_everyone_and_refuses_newcomers() {
         let hub = Hub::new(2);
-        let before = hub.subscribe("u");
+        let before = hub.subscribe(&users(&["u"]));
+        hub.publish("u", event("u", 1));
         hub.close();
-        assert_eq!(before.events.try_recv(), Err(TryRecvError::Disconnected));
-        let after = hub.subscribe("u");
-        assert_eq!(after.events.try_recv(), Err(TryRecvError::Disconnected));
-        assert_eq!(hub.publish("u", event(1)), 0);
+        assert_eq!(seqs(&before), [1], "what was queued is still taken");
+        assert_eq!(before.wait(Instant::now()), Err(WaitError::Ended));
+        let after = hub.subscribe(&users(&["u"]));
+        assert_eq!(after.wait(Instant::now()), Err(WaitError::Ended));
+        assert_eq!(hub.publish("u", event("u", 2)), 0);
     }
 }

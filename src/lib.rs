@@ -17,6 +17,7 @@ pub mod futex;
 pub mod healthcheck;
 pub mod http;
 pub mod hub;
+pub mod ids;
 pub mod metrics;
 pub mod ping;
 pub mod routes;

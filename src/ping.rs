@@ -31,17 +31,20 @@ pub struct LastPing {
     pub status: String,
 }
 
-/// A ping as it goes out to subscribers: its sequence number and its SSE `data` payload,
-/// rendered once and shared by every subscriber of the user.
+/// A user's ping as it goes out to subscribers, rendered once and shared by every subscriber
+/// of the user: its sequence number (the event's `id`) and its `data`, with the user for
+/// streams of many users and without it for the single-user routes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
     pub seq: u64,
-    /// `{"time":1700000000,"status":"1"}`
-    pub data: String,
+    /// `{"user":"alice","time":1700000000,"status":"1"}`
+    data: String,
+    /// Where `"time"` begins in `data`: `{` and what follows is the single-user form.
+    time_at: usize,
 }
 
-impl From<&LastPing> for Event {
-    fn from(ping: &LastPing) -> Event {
+impl Event {
+    pub fn new(user: &str, ping: &LastPing) -> Event {
         #[derive(Serialize)]
         struct Data<'a> {
             time: u64,
@@ -51,10 +54,24 @@ impl From<&LastPing> for Event {
             time: ping.time,
             status: &ping.status,
         };
+        let user = serde_json::to_string(user).expect("a string");
+        let rest = serde_json::to_string(&data).expect("a struct of a number and a string");
+        let data = format!("{{\"user\":{user},{}", &rest[1..]);
         Event {
             seq: ping.seq,
-            data: serde_json::to_string(&data).expect("a struct of a number and a string"),
+            time_at: "{\"user\":".len() + user.len() + 1,
+            data,
         }
+    }
+
+    /// `{"user":..,"time":..,"status":..}`, for `/subscribe?user=...`.
+    pub fn with_user(&self) -> &str {
+        &self.data
+    }
+
+    /// `{"time":..,"status":..}`, for `/subscribe/:userid`, in two parts (no copy).
+    pub fn without_user(&self) -> [&str; 2] {
+        ["{", &self.data[self.time_at..]]
     }
 }
 
@@ -241,14 +258,21 @@ mod tests {
     }
 
     #[test]
-    fn an_event_renders_time_as_an_integer() {
+    fn an_event_renders_time_as_an_integer_with_and_without_its_user() {
         let ping = LastPing {
             seq: 3,
             time: 1_700_000_000,
             status: "say \"hi\"\n".into(),
         };
-        let event = Event::from(&ping);
+        let event = Event::new("a\"b,\"time\":", &ping);
         assert_eq!(event.seq, 3);
-        assert_eq!(event.data, r#"{"time":1700000000,"status":"say \"hi\"\n"}"#);
+        assert_eq!(
+            event.without_user().concat(),
+            r#"{"time":1700000000,"status":"say \"hi\"\n"}"#
+        );
+        assert_eq!(
+            event.with_user(),
+            r#"{"user":"a\"b,\"time\":","time":1700000000,"status":"say \"hi\"\n"}"#
+        );
     }
 }

@@ -5,10 +5,11 @@ use std::sync::Arc;
 
 use crate::config::{Cors, Limits};
 use crate::http::{Request, Response};
+use crate::ids;
 use crate::metrics::{Metrics, Readings};
 use crate::ping::{self, Rejection};
 use crate::store::Store;
-use crate::stream::{Streams, Subscribe};
+use crate::stream::{Form, Streams, Subscribe};
 
 /// What the connection should do with a request.
 #[derive(Debug, PartialEq, Eq)]
@@ -31,21 +32,33 @@ pub struct Routes {
 impl Routes {
     pub fn handle(&self, request: &Request) -> Outcome {
         let method = request.method.as_str();
-        let route = route(request.path(), &self.limits);
-        let cors = matches!(route, Ok(Route::Ping | Route::Subscribe(_)))
-            .then(|| self.cors.allow(request.header("origin")))
-            .flatten();
+        let route = route(request, &self.limits);
+        let cors = matches!(
+            route,
+            Ok(Route::Ping | Route::Subscribe(_) | Route::Status(_))
+        )
+        .then(|| self.cors.allow(request.header("origin")))
+        .flatten();
         let mut outcome = match route {
             Ok(Route::Ping) if method == "POST" => Outcome::Respond(self.ping(request)),
-            Ok(Route::Ping) if method == "OPTIONS" && self.cors != Cors::Off => {
-                Outcome::Respond(preflight(cors.is_some()))
-            }
+            Ok(Route::Ping) if method == "OPTIONS" && self.cors != Cors::Off => Outcome::Respond(
+                preflight(cors.is_some(), "POST", "Content-Type, X-User-Claim"),
+            ),
             Ok(Route::Ping) => Outcome::Respond(not_allowed("POST")),
             Ok(Route::Subscribe(subscribe)) if method == "GET" => Outcome::Subscribe(subscribe),
+            Ok(Route::Subscribe(_) | Route::Status(_))
+                if method == "OPTIONS" && self.cors != Cors::Off =>
+            {
+                // A reconnecting EventSource sends Last-Event-ID, which is not a simple header.
+                Outcome::Respond(preflight(cors.is_some(), "GET", "Last-Event-ID"))
+            }
             Ok(Route::Subscribe(_)) => Outcome::Respond(not_allowed("GET")),
+            Ok(Route::Status(users)) if method == "GET" => Outcome::Respond(self.status(&users)),
             Ok(Route::Health) if method == "GET" => Outcome::Respond(self.health()),
             Ok(Route::Metrics) if method == "GET" => Outcome::Respond(self.metrics()),
-            Ok(Route::Health | Route::Metrics) => Outcome::Respond(not_allowed("GET")),
+            Ok(Route::Health | Route::Metrics | Route::Status(_)) => {
+                Outcome::Respond(not_allowed("GET"))
+            }
             Err(response) => Outcome::Respond(response),
         };
         if let Some(origin) = cors {
@@ -77,6 +90,29 @@ impl Routes {
         Response::text(status, &body.to_string())
             .with_header("Content-Type", "application/json")
             .with_header("Cache-Control", "no-store")
+    }
+
+    /// `GET /status?user=...`: each user's last ping or `null`, in one store round trip.
+    fn status(&self, users: &[String]) -> Response {
+        match self.store.last_many(users) {
+            Ok(pings) => {
+                let mut body = serde_json::Map::new();
+                for user in users {
+                    body.insert(user.clone(), serde_json::Value::Null);
+                }
+                for (user, ping) in pings {
+                    let ping = serde_json::json!({ "time": ping.time, "status": ping.status });
+                    body.insert(user, ping);
+                }
+                Response::text(200, &serde_json::Value::Object(body).to_string())
+                    .with_header("Content-Type", "application/json")
+                    .with_header("Cache-Control", "no-store")
+            }
+            Err(e) => {
+                log::debug!("status of {} users not read: {e}", users.len());
+                Response::text(503, &e.to_string())
+            }
+        }
     }
 
     fn metrics(&self) -> Response {
@@ -127,17 +163,39 @@ impl Routes {
 enum Route {
     Ping,
     Subscribe(Subscribe),
+    /// `/status` with its users.
+    Status(Vec<String>),
     Health,
     Metrics,
 }
 
-/// Matches a path: `/ping`, `/subscribe/:userid` and `/subscribe/:userid/client/:clientid`
-/// (segments percent-decoded), `/healthz` and `/metrics`.
-fn route(path: &str, limits: &Limits) -> Result<Route, Response> {
+/// Matches a request: `/ping`, `/subscribe/:userid` and `/subscribe/:userid/client/:clientid`
+/// (segments percent-decoded, the query ignored), `/subscribe?user=...` and
+/// `/status?user=...` (the query decoded as a form), `/healthz` and `/metrics`.
+fn route(request: &Request, limits: &Limits) -> Result<Route, Response> {
+    let (path, query) = request
+        .target
+        .split_once('?')
+        .unwrap_or((&request.target, ""));
+    let refused = |r: Rejection| refuse(&r);
     match path {
         "/ping" => return Ok(Route::Ping),
         "/healthz" => return Ok(Route::Health),
         "/metrics" => return Ok(Route::Metrics),
+        "/status" => {
+            return Ok(Route::Status(
+                ids::users_of_query(query, limits).map_err(refused)?,
+            ));
+        }
+        "/subscribe" => {
+            return Ok(Route::Subscribe(Subscribe {
+                users: ids::users_of_query(query, limits).map_err(refused)?,
+                form: Form::Multi,
+                client: None,
+                after: last_event_id(request)?,
+                headers: Vec::new(),
+            }));
+        }
         _ => {}
     }
     let Some(rest) = path.strip_prefix("/subscribe/") else {
@@ -152,52 +210,52 @@ fn route(path: &str, limits: &Limits) -> Result<Route, Response> {
     if user.is_empty() {
         return Err(not_found());
     }
-    let user = percent_decode(user)?;
-    ping::check_id("userid", &user, limits).map_err(|r| refuse(&r))?;
+    let user = ids::path_segment(user).map_err(refused)?;
+    ping::check_id("userid", &user, limits).map_err(refused)?;
     let client = match client {
         Some(client) => {
-            let client = percent_decode(client)?;
-            ping::check_id("clientid", &client, limits).map_err(|r| refuse(&r))?;
+            let client = ids::path_segment(client).map_err(refused)?;
+            ping::check_id("clientid", &client, limits).map_err(refused)?;
             Some(client)
         }
         None => None,
     };
     Ok(Route::Subscribe(Subscribe {
-        user,
+        users: vec![user],
+        form: Form::Single,
         client,
+        after: last_event_id(request)?,
         headers: Vec::new(),
     }))
 }
 
-/// The answer to a CORS preflight of `/ping`.
-fn preflight(allowed: bool) -> Response {
+/// The `Last-Event-ID` a reconnecting `EventSource` sends: the id of the last event it got,
+/// or 0 without one.
+fn last_event_id(request: &Request) -> Result<u64, Response> {
+    let Some(value) = request.header("last-event-id") else {
+        return Ok(0);
+    };
+    let value = std::str::from_utf8(value).unwrap_or("?").trim();
+    if value.is_empty() {
+        return Ok(0);
+    }
+    value.parse().map_err(|_| {
+        Response::text(
+            400,
+            "invalid Last-Event-ID: expected the id of an event, a whole number",
+        )
+    })
+}
+
+/// The answer to a CORS preflight of a route taking `method` with `headers`.
+fn preflight(allowed: bool, method: &str, headers: &'static str) -> Response {
     if !allowed {
         return Response::text(403, "origin not allowed");
     }
     Response::empty(204)
-        .with_header("Access-Control-Allow-Methods", "POST, OPTIONS")
-        .with_header("Access-Control-Allow-Headers", "Content-Type, X-User-Claim")
+        .with_header("Access-Control-Allow-Methods", format!("{method}, OPTIONS"))
+        .with_header("Access-Control-Allow-Headers", headers)
         .with_header("Access-Control-Max-Age", "600")
-}
-
-/// Decodes `%XX` escapes; the result must be UTF-8.
-fn percent_decode(segment: &str) -> Result<String, Response> {
-    let bad = || Response::text(400, "invalid percent-encoding in path");
-    let bytes = segment.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3).ok_or_else(bad)?;
-            let hex = std::str::from_utf8(hex).map_err(|_| bad())?;
-            out.push(u8::from_str_radix(hex, 16).map_err(|_| bad())?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| Response::text(400, "path is not UTF-8 once decoded"))
 }
 
 fn refuse(rejection: &Rejection) -> Response {
@@ -307,19 +365,90 @@ mod tests {
         assert_eq!(
             subscribe("/subscribe/u%201/client/dev%2Fice?token=jwt"),
             Outcome::Subscribe(Subscribe {
-                user: "u 1".into(),
+                users: vec!["u 1".into()],
+                form: Form::Single,
                 client: Some("dev/ice".into()),
+                after: 0,
                 headers: vec![]
             })
         );
         assert_eq!(
             subscribe("/subscribe/%C3%A9?token=jwt"),
             Outcome::Subscribe(Subscribe {
-                user: "é".into(),
+                users: vec!["é".into()],
+                form: Form::Single,
                 client: None,
+                after: 0,
                 headers: vec![]
             })
         );
+    }
+
+    #[test]
+    fn the_multi_user_form_reads_its_users_from_the_query() {
+        assert_eq!(
+            subscribe("/subscribe?user=a+b&token=jwt&user=c%2Fd&user=a+b"),
+            Outcome::Subscribe(Subscribe {
+                users: vec!["a b".into(), "c/d".into()],
+                form: Form::Multi,
+                client: None,
+                after: 0,
+                headers: vec![]
+            })
+        );
+        for (target, code) in [
+            ("/subscribe", 400),
+            ("/subscribe?token=x", 400),
+            ("/subscribe?user=", 400),
+            ("/status", 400),
+            ("/status?user=a&user=", 400),
+        ] {
+            let Outcome::Respond(response) = subscribe(target) else {
+                panic!("{target} matched");
+            };
+            assert_eq!(response.status, code, "{target}");
+        }
+    }
+
+    #[test]
+    fn last_event_id_sets_where_a_stream_resumes_and_must_be_a_number() {
+        let (routes, _) = routes();
+        let mut request = request("GET", "/subscribe?user=a", None, "");
+        request
+            .headers
+            .push(("Last-Event-ID".into(), b"1700000000000001".to_vec()));
+        let Outcome::Subscribe(subscribe) = routes.handle(&request) else {
+            panic!("a stream");
+        };
+        assert_eq!(subscribe.after, 1_700_000_000_000_001);
+        request.headers.last_mut().unwrap().1 = b"".to_vec();
+        assert!(matches!(routes.handle(&request), Outcome::Subscribe(s) if s.after == 0));
+        request.target = "/subscribe/a".into();
+        request.headers.last_mut().unwrap().1 = b"abc".to_vec();
+        let Outcome::Respond(refused) = routes.handle(&request) else {
+            panic!("refused");
+        };
+        assert_eq!(refused.status, 400);
+    }
+
+    #[test]
+    fn status_maps_each_user_to_its_last_ping_or_null() {
+        let (routes, store) = routes();
+        store.record("a", "1", 1_700_000_000_000_000).unwrap();
+        let response = respond(&routes, request("GET", "/status?user=a&user=b+c", None, ""));
+        assert_eq!(response.status, 200);
+        assert!(
+            response
+                .headers
+                .contains(&("Content-Type", "application/json".into()))
+        );
+        let body: serde_json::Value = serde_json::from_str(&response.body).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({ "a": { "time": 1_700_000_000, "status": "1" }, "b c": null })
+        );
+        let post = respond(&routes, request("POST", "/status?user=a", None, ""));
+        assert_eq!(post.status, 405);
     }
 
     #[test]
@@ -327,7 +456,6 @@ mod tests {
         for target in [
             "/",
             "/pings",
-            "/subscribe",
             "/subscribe/",
             "/subscribe//client/c",
             "/subscribe/u/client/",
@@ -439,6 +567,29 @@ mod tests {
         };
         assert!(
             subscribe
+                .headers
+                .contains(&("Access-Control-Allow-Origin", app.into()))
+        );
+
+        for target in ["/subscribe?user=a&user=b", "/status?user=a"] {
+            let preflight = respond(
+                &routes,
+                with_origin(request("OPTIONS", target, None, ""), app),
+            );
+            assert_eq!(preflight.status, 204, "{target}");
+            assert!(
+                preflight
+                    .headers
+                    .contains(&("Access-Control-Allow-Headers", "Last-Event-ID".into())),
+                "{target}"
+            );
+        }
+        let status = respond(
+            &routes,
+            with_origin(request("GET", "/status?user=a", None, ""), app),
+        );
+        assert!(
+            status
                 .headers
                 .contains(&("Access-Control-Allow-Origin", app.into()))
         );

@@ -1,5 +1,5 @@
-//! The whole life of a stream: register its subscriber in the hub, ask for its user's cached
-//! ping, write the head, then every newer event with keepalives in between, and the end; and
+//! The whole life of a stream: register its subscriber in the hub, ask for its users' cached
+//! pings, write the head, then every newer event with keepalives in between, and the end; and
 //! at shutdown, end them all and wait for them.
 
 use std::io::{self, Write};
@@ -14,14 +14,27 @@ use crate::hub::{Hub, Subscriber, WaitError};
 use crate::metrics::Metrics;
 use crate::store::cached::CachedReads;
 
-/// A request to watch a user, as the routes parsed it.
+/// A request to watch users, as the routes parsed it.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Subscribe {
-    pub user: String,
+    /// The watched users: distinct, at least one, in the order asked.
+    pub users: Vec<String>,
+    pub form: Form,
     /// The watching device, for logs.
     pub client: Option<String>,
+    /// The request's `Last-Event-ID` (0 without one): only events with a larger id are sent.
+    pub after: u64,
     /// Headers for the stream's response head (CORS).
     pub headers: Vec<(&'static str, String)>,
+}
+
+/// Which route a stream came by, and so the shape of its events' data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    /// `/subscribe/:userid`: `{"time","status"}`, as the seed's clients expect.
+    Single,
+    /// `/subscribe?user=...`: `{"user","time","status"}`.
+    Multi,
 }
 
 /// Everything a stream needs, shared by all of them, and the count of open ones.
@@ -58,18 +71,18 @@ impl Streams {
     /// slow), or shutdown ends it with the last chunk.
     pub fn serve(&self, socket: &TcpStream, minor_version: u8, subscribe: &Subscribe) {
         let _open = self.enter();
-        // Registered before the cached ping is read, so no ping falls in between.
-        let subscriber = self.hub.subscribe(&subscribe.user);
-        self.cached.request(&subscribe.user);
-        let client = subscribe.client.as_deref().unwrap_or("-");
+        // Registered before the cached pings are read, so no ping falls in between.
+        let subscriber = self.hub.subscribe(&subscribe.users);
+        self.cached.request(subscriber.mailbox());
+        let who = Who(subscribe);
         let result =
             EventStream::start(socket, minor_version, &subscribe.headers).and_then(|out| {
-                log::debug!("stream of {:?} to {client} opened", subscribe.user);
-                pump(out, &subscriber, self.keepalive, &self.metrics)
+                log::debug!("stream of {who} opened");
+                pump(out, &subscriber, subscribe, self.keepalive, &self.metrics)
             });
         match result {
-            Ok(()) => log::debug!("stream of {:?} to {client} ended", subscribe.user),
-            Err(e) => log::debug!("stream of {:?} to {client} closed: {e}", subscribe.user),
+            Ok(()) => log::debug!("stream of {who} ended"),
+            Err(e) => log::debug!("stream of {who} closed: {e}"),
         }
     }
 
@@ -113,25 +126,29 @@ impl Drop for Open<'_> {
     }
 }
 
-/// Writes `subscriber`'s events to `out` until writing fails or the subscriber's channel
-/// disconnects (too slow, or shutdown), which ends the stream cleanly.
+/// Writes `subscriber`'s events to `out` until writing fails or the hub lets go (too slow,
+/// or shutdown), which ends the stream cleanly.
 ///
-/// Never writes an event whose sequence number is not above the last one written: a stream
-/// never repeats a ping or goes back in time, whatever order the cached read and the live
-/// feed deliver in.
+/// Never writes an event whose id is not above both the request's `Last-Event-ID` and the
+/// last one written for its user: a stream never repeats a ping or goes back in time,
+/// whatever order the cached reads and the live feed deliver in.
 fn pump<W: Write>(
     mut out: EventStream<W>,
     subscriber: &Subscriber,
+    subscribe: &Subscribe,
     keepalive: Duration,
     metrics: &Metrics,
 ) -> io::Result<()> {
-    let mut sent_seq = 0;
+    let mut sent = vec![subscribe.after; subscriber.user_count()];
     let mut last_write = Instant::now();
     loop {
         match subscriber.wait(last_write + keepalive) {
-            Ok(event) if event.seq > sent_seq => {
-                out.event(&event.data)?;
-                sent_seq = event.seq;
+            Ok((index, event)) if event.seq > sent[index as usize] => {
+                match subscribe.form {
+                    Form::Single => out.event(event.seq, &event.without_user())?,
+                    Form::Multi => out.event(event.seq, &[event.with_user()])?,
+                }
+                sent[index as usize] = event.seq;
                 last_write = Instant::now();
                 Metrics::count(&metrics.events_delivered_total);
             }
@@ -142,8 +159,23 @@ fn pump<W: Write>(
                     last_write = Instant::now();
                 }
             }
-            Err(WaitError::Disconnected) => return out.finish(),
+            Err(WaitError::Ended) => return out.finish(),
         }
+    }
+}
+
+/// A stream's users and client, for logs.
+struct Who<'a>(&'a Subscribe);
+
+impl std::fmt::Display for Who<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Subscribe { users, client, .. } = self.0;
+        match &users[..] {
+            [one] => write!(f, "{one:?}")?,
+            [first, rest @ ..] => write!(f, "{first:?} and {} more", rest.len())?,
+            [] => f.write_str("nobody")?,
+        }
+        write!(f, " to {}", client.as_deref().unwrap_or("-"))
     }
 }
 
@@ -155,52 +187,125 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::Ordering;
 
-    /// The `data:` lines a finished stream wrote, and whether it ended with the last chunk.
-    fn events_written(out: &[u8]) -> (Vec<String>, bool) {
+    /// The `id:` and `data:` lines a finished stream wrote, and whether it ended with the
+    /// last chunk.
+    fn events_written(out: &[u8]) -> (Vec<(u64, String)>, bool) {
         let text = String::from_utf8_lossy(out);
-        let data = text
-            .lines()
-            .filter_map(|l| l.strip_prefix("data: "))
-            .map(str::to_owned)
-            .collect();
-        (data, text.ends_with("0\r\n\r\n"))
+        let mut events = Vec::new();
+        let mut id = None;
+        for line in text.lines() {
+            if let Some(n) = line.strip_prefix("id: ") {
+                id = Some(n.parse().unwrap());
+            }
+            if let Some(data) = line.strip_prefix("data: ") {
+                events.push((id.take().expect("an id before the data"), data.to_owned()));
+            }
+        }
+        (events, text.ends_with("0\r\n\r\n"))
     }
 
-    fn event(seq: u64, time: u64) -> Arc<Event> {
-        Arc::new(Event::from(&LastPing {
-            seq,
-            time,
-            status: "1".into(),
-        }))
+    fn event(user: &str, seq: u64) -> Arc<Event> {
+        Arc::new(Event::new(
+            user,
+            &LastPing {
+                seq,
+                time: seq,
+                status: "1".into(),
+            },
+        ))
+    }
+
+    fn subscribe(users: &[&str], form: Form, after: u64) -> Subscribe {
+        Subscribe {
+            users: users.iter().map(|u| u.to_string()).collect(),
+            form,
+            client: None,
+            after,
+            headers: Vec::new(),
+        }
+    }
+
+    /// Runs a stream of `request` over what the hub had queued for it, until the hub closes.
+    fn written(hub: &Hub, sub: &Subscriber, request: &Subscribe) -> (Vec<(u64, String)>, bool) {
+        hub.close();
+        let mut out = Vec::new();
+        let stream = EventStream::start(&mut out, 1, &[]).unwrap();
+        pump(
+            stream,
+            sub,
+            request,
+            Duration::from_secs(60),
+            &Metrics::default(),
+        )
+        .unwrap();
+        events_written(&out)
     }
 
     #[test]
     fn only_newer_events_are_written_whatever_order_they_come_in() {
         let hub = Hub::new(16);
-        let sub = hub.subscribe("u");
+        let request = subscribe(&["u"], Form::Single, 0);
+        let sub = hub.subscribe(&request.users);
         // The cached ping and live ones racing it: newer, older, the same, newer, older.
-        for (seq, time) in [(5, 5), (4, 4), (5, 5), (6, 6), (5, 5)] {
-            hub.publish("u", event(seq, time));
+        for seq in [5, 4, 5, 6, 5] {
+            hub.publish("u", event("u", seq));
         }
         hub.close();
 
         let mut out = Vec::new();
         let metrics = Metrics::default();
         let stream = EventStream::start(&mut out, 1, &[]).unwrap();
-        pump(stream, &sub, Duration::from_secs(60), &metrics).unwrap();
-        let (data, finished) = events_written(&out);
+        pump(stream, &sub, &request, Duration::from_secs(60), &metrics).unwrap();
+        let (events, finished) = events_written(&out);
         assert_eq!(
-            data,
-            [r#"{"time":5,"status":"1"}"#, r#"{"time":6,"status":"1"}"#]
+            events,
+            [
+                (5, r#"{"time":5,"status":"1"}"#.to_owned()),
+                (6, r#"{"time":6,"status":"1"}"#.to_owned())
+            ]
         );
         assert!(finished, "a closed hub ends the stream with the last chunk");
         assert_eq!(metrics.events_delivered_total.load(Ordering::Relaxed), 2);
     }
 
     #[test]
+    fn a_stream_of_many_users_orders_each_user_on_its_own_and_names_it() {
+        let hub = Hub::new(16);
+        let request = subscribe(&["a", "b"], Form::Multi, 0);
+        let sub = hub.subscribe(&request.users);
+        // b's pings are older than a's, yet each is newer than b's own last one.
+        for (user, seq) in [("a", 10), ("b", 3), ("a", 9), ("b", 4), ("b", 4), ("c", 99)] {
+            hub.publish(user, event(user, seq));
+        }
+        let (events, _) = written(&hub, &sub, &request);
+        assert_eq!(
+            events,
+            [
+                (10, r#"{"user":"a","time":10,"status":"1"}"#.to_owned()),
+                (3, r#"{"user":"b","time":3,"status":"1"}"#.to_owned()),
+                (4, r#"{"user":"b","time":4,"status":"1"}"#.to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn nothing_at_or_below_the_last_event_id_is_written() {
+        let hub = Hub::new(16);
+        let request = subscribe(&["a", "b"], Form::Multi, 7);
+        let sub = hub.subscribe(&request.users);
+        for (user, seq) in [("a", 5), ("b", 7), ("a", 8), ("b", 9)] {
+            hub.publish(user, event(user, seq));
+        }
+        let (events, _) = written(&hub, &sub, &request);
+        let ids: Vec<u64> = events.iter().map(|(id, _)| *id).collect();
+        assert_eq!(ids, [8, 9]);
+    }
+
+    #[test]
     fn keepalives_are_written_while_quiet() {
         let hub = Hub::new(4);
-        let sub = hub.subscribe("u");
+        let request = subscribe(&["u"], Form::Single, 0);
+        let sub = hub.subscribe(&request.users);
         let closer = {
             let hub = Arc::clone(&hub);
             std::thread::spawn(move || {
@@ -210,7 +315,8 @@ mod tests {
         };
         let mut out = Vec::new();
         let stream = EventStream::start(&mut out, 1, &[]).unwrap();
-        pump(stream, &sub, Duration::from_millis(20), &Metrics::default()).unwrap();
+        let keepalive = Duration::from_millis(20);
+        pump(stream, &sub, &request, keepalive, &Metrics::default()).unwrap();
         closer.join().unwrap();
         let keepalives = String::from_utf8_lossy(&out)
             .matches("3\r\n:\n\n\r\n")

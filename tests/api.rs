@@ -5,14 +5,7 @@ mod support;
 use std::io::{BufReader, Write};
 use std::time::{Duration, Instant};
 
-use support::{AT_ONCE, Heartbeat, Redis, SOON, Sse, SseItem, heartbeat_on_redis};
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
+use support::{AT_ONCE, Heartbeat, Redis, SOON, Sse, SseItem, heartbeat_on_redis, now_secs};
 
 #[test]
 fn a_ping_is_answered_200_with_an_empty_body_and_stored_in_redis() {
@@ -190,7 +183,7 @@ fn limits_hold_at_the_boundary_over_the_socket() {
         )
         .assert_refused(413);
 
-    // A head of exactly 8 KiB is read; one byte more is refused with 431.
+    // A head of exactly the default limit (16 KiB) is read; one byte more is refused with 431.
     let head = |total: usize| {
         let fixed = "GET /nope HTTP/1.1\r\nX-Pad: \r\nConnection: close\r\n\r\n".len();
         format!(
@@ -198,8 +191,12 @@ fn limits_hold_at_the_boundary_over_the_socket() {
             "p".repeat(total - fixed)
         )
     };
-    heartbeat.request(head(8192).as_bytes()).assert_refused(404);
-    heartbeat.request(head(8193).as_bytes()).assert_refused(431);
+    heartbeat
+        .request(head(16384).as_bytes())
+        .assert_refused(404);
+    heartbeat
+        .request(head(16385).as_bytes())
+        .assert_refused(431);
 }
 
 #[test]
@@ -214,7 +211,7 @@ fn other_paths_get_404_and_other_methods_405_with_allow() {
     for path in [
         "/",
         "/favicon.ico",
-        "/subscribe",
+        "/subscribe/",
         "/subscribe/u/client",
         "/ping/x",
     ] {
@@ -223,10 +220,16 @@ fn other_paths_get_404_and_other_methods_405_with_allow() {
     let reply = send("GET", "/ping");
     reply.assert_refused(405);
     assert_eq!(reply.header("allow"), Some("POST"));
-    for method in ["POST", "DELETE", "PUT"] {
-        let reply = send(method, "/subscribe/u/client/c");
-        reply.assert_refused(405);
-        assert_eq!(reply.header("allow"), Some("GET"));
+    for path in [
+        "/subscribe/u/client/c",
+        "/subscribe?user=u",
+        "/status?user=u",
+    ] {
+        for method in ["POST", "DELETE", "PUT"] {
+            let reply = send(method, path);
+            reply.assert_refused(405);
+            assert_eq!(reply.header("allow"), Some("GET"), "{method} {path}");
+        }
     }
 }
 

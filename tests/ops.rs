@@ -8,21 +8,17 @@ use std::time::Duration;
 
 use support::{AT_ONCE, Heartbeat, Redis, SOON, heartbeat_on_redis};
 
-fn get(heartbeat: &Heartbeat, path: &str) -> support::Reply {
-    heartbeat.request(format!("GET {path} HTTP/1.1\r\nConnection: close\r\n\r\n").as_bytes())
-}
-
 #[test]
 fn healthz_is_200_with_redis_up_and_503_with_a_reason_when_it_is_down() {
     let (mut redis, heartbeat) = heartbeat_on_redis();
-    let ok = get(&heartbeat, "/healthz");
+    let ok = heartbeat.get("/healthz");
     assert_eq!(ok.status, 200);
     assert_eq!(ok.header("content-type"), Some("application/json"));
     let body: serde_json::Value = serde_json::from_str(&ok.body).unwrap();
     assert_eq!(body, serde_json::json!({"status": "ok", "store": "redis"}));
 
     redis.kill();
-    let down = get(&heartbeat, "/healthz");
+    let down = heartbeat.get("/healthz");
     assert_eq!(down.status, 503);
     let body: serde_json::Value = serde_json::from_str(&down.body).unwrap();
     assert_eq!(body["status"], "unavailable");
@@ -57,10 +53,10 @@ fn healthz_is_503_when_only_the_subscription_is_down() {
         200,
         "plain commands work"
     );
-    let health = get(&heartbeat, "/healthz");
+    let health = heartbeat.get("/healthz");
     assert_eq!(health.status, 503, "{health:?}");
     assert!(health.body.contains("subscription down"), "{}", health.body);
-    let metrics = get(&heartbeat, "/metrics").body;
+    let metrics = heartbeat.get("/metrics").body;
     assert!(
         metrics.contains("\nheartbeat_redis_subscription_up 0\n"),
         "{metrics}"
@@ -77,7 +73,7 @@ fn metrics_count_pings_streams_and_deliveries_in_prometheus_text() {
     assert_eq!(sse.expect_ping(SOON).1, "1");
     assert_eq!(sse.expect_ping(SOON).1, "2");
 
-    let reply = get(&heartbeat, "/metrics");
+    let reply = heartbeat.get("/metrics");
     assert_eq!(reply.status, 200);
     assert!(
         reply

@@ -514,7 +514,7 @@ fn malformed_corpus() -> Vec<(&'static str, Vec<u8>, u16)> {
         ),
         (
             "huge head",
-            format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "h".repeat(9000)).into_bytes(),
+            format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "h".repeat(17_000)).into_bytes(),
             431,
         ),
         (

@@ -384,7 +384,10 @@ mod tests {
 
     #[test]
     fn heads_are_limited_at_the_boundary() {
-        let limits = Limits::default();
+        let limits = Limits {
+            max_head_bytes: 8192,
+            ..Limits::default()
+        };
         let head = |total: usize| {
             let fixed = "GET / HTTP/1.1\r\nX: \r\n\r\n".len();
             format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(total - fixed))

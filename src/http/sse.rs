@@ -36,10 +36,16 @@ impl<W: Write> EventStream<W> {
         Ok(EventStream { out, chunked })
     }
 
-    /// Sends one event whose data is the single line `data`.
-    pub fn event(&mut self, data: &str) -> io::Result<()> {
-        debug_assert!(!data.contains(['\r', '\n']));
-        self.send(&["data: ", data, "\n\n"])
+    /// Sends one event with `id` and, as its single `data` line, the parts of `data` put
+    /// together (the parts spare the caller a copy).
+    pub fn event(&mut self, id: u64, data: &[&str]) -> io::Result<()> {
+        debug_assert!(data.iter().all(|d| !d.contains(['\r', '\n'])));
+        let id = id.to_string();
+        match data {
+            [one] => self.send(&["id: ", &id, "\ndata: ", one, "\n\n"]),
+            [a, b] => self.send(&["id: ", &id, "\ndata: ", a, b, "\n\n"]),
+            _ => self.send(&["id: ", &id, "\ndata: ", &data.concat(), "\n\n"]),
+        }
     }
 
     /// Sends a comment line that keeps proxies from closing an idle stream.
@@ -76,7 +82,9 @@ mod tests {
     fn events_are_framed_as_one_chunk_each() {
         let mut out = Vec::new();
         let mut stream = EventStream::start(&mut out, 1, &[]).unwrap();
-        stream.event(r#"{"time":1,"status":"a"}"#).unwrap();
+        stream
+            .event(7, &[r#"{"time":1,"#, r#""status":"a"}"#])
+            .unwrap();
         stream.keepalive().unwrap();
         stream.finish().unwrap();
         let text = String::from_utf8(out).unwrap();
@@ -92,7 +100,7 @@ mod tests {
         }
         assert_eq!(
             body,
-            "1f\r\ndata: {\"time\":1,\"status\":\"a\"}\n\n\r\n3\r\n:\n\n\r\n0\r\n\r\n"
+            "25\r\nid: 7\ndata: {\"time\":1,\"status\":\"a\"}\n\n\r\n3\r\n:\n\n\r\n0\r\n\r\n"
         );
     }
 
@@ -100,10 +108,10 @@ mod tests {
     fn http_1_0_streams_are_unframed_and_close() {
         let mut out = Vec::new();
         let mut stream = EventStream::start(&mut out, 0, &[]).unwrap();
-        stream.event("{}").unwrap();
+        stream.event(1, &["{}"]).unwrap();
         stream.finish().unwrap();
         let text = String::from_utf8(out).unwrap();
-        assert!(text.contains("Connection: close\r\n\r\ndata: {}\n\n"));
+        assert!(text.contains("Connection: close\r\n\r\nid: 1\ndata: {}\n\n"));
         assert!(!text.contains("chunked"));
     }
 }

@@ -1,30 +1,34 @@
-//! The `cached-reads` thread: gives each new subscriber its user's last ping, through the hub,
-//! and after a Redis resubscription, every watched user's.
+//! The `cached-reads` thread: gives each new stream the last pings of its users, and after a
+//! Redis resubscription, every watched user's.
 //!
 //! Streams do not read the store themselves: a Redis read on every stream thread would leave
 //! its stack and heap a few KiB larger for the stream's whole life (measured: 16.2 against
-//! 11.3 KiB per stream). Instead a stream registers in the hub, then asks for its user here;
-//! this thread reads the last pings of every user asked for meanwhile in one round trip and
-//! publishes them through the hub. Streams skip what is not newer than what they sent, so a
-//! cached ping racing a live one cannot go backwards. A failed read is retried every second
-//! for as long as the user is watched.
+//! 11.3 KiB per stream). Instead a stream registers in the hub, then asks here with its
+//! mailbox; this thread reads the last pings of every user asked for meanwhile in one round
+//! trip and delivers each stream its own (not to every subscriber of those users, who have
+//! them already). A resync publishes through the hub, to every subscriber. Streams skip what
+//! is not newer than what they sent, so a cached ping racing a live one cannot go backwards.
+//! A failed read is retried every second for as long as the stream is open, or the user
+//! watched.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::Store;
-use crate::hub::Hub;
+use crate::hub::{Hub, Mailbox};
+use crate::ping::Event;
 use crate::worker::Worker;
 
-/// Users per read, so a reconnect storm makes a few round trips rather than one huge one.
+/// Users per read, so a reconnect storm makes a few round trips rather than one huge one. A
+/// stream's users are never split between reads.
 const BATCH: usize = 500;
-/// Wait before reading again the users whose read failed.
+/// Wait before reading again what could not be read.
 const RETRY: Duration = Duration::from_secs(1);
 
-/// Where streams (and the resync after a Redis resubscription) ask for a user's last ping.
+/// Where streams (and the resync after a Redis resubscription) ask for last pings.
 #[derive(Clone)]
 pub struct CachedReads {
     requests: Sender<Ask>,
@@ -32,8 +36,10 @@ pub struct CachedReads {
 
 /// What the thread's queue carries.
 enum Ask {
-    /// Publish this user's last ping to the user's subscribers.
-    User(String),
+    /// Deliver a new stream the last pings of its users.
+    Stream(Mailbox),
+    /// Publish this user's last ping to all the user's subscribers.
+    Resync(String),
     /// Stop, at shutdown.
     Stop,
 }
@@ -50,58 +56,123 @@ impl CachedReads {
         Ok((CachedReads { requests }, worker))
     }
 
-    /// Asks for `user`'s last ping to be published to the user's subscribers. Call it after
+    /// Asks for the last pings of the subscriber's users to be delivered to it. Call it after
     /// registering the subscriber, so that nothing falls between the read and the live feed.
-    pub fn request(&self, user: &str) {
+    pub fn request(&self, mailbox: Mailbox) {
+        self.send(Ask::Stream(mailbox));
+    }
+
+    /// Asks for `user`'s last ping to be published to all the user's subscribers.
+    pub fn resync(&self, user: &str) {
+        self.send(Ask::Resync(user.to_owned()));
+    }
+
+    fn send(&self, ask: Ask) {
         // The queue is unbounded and only this handle's clones send: after shutdown stopped
         // the thread, a request is dropped with the process.
-        let _ = self.requests.send(Ask::User(user.to_owned()));
+        let _ = self.requests.send(ask);
+    }
+}
+
+/// What one read is for.
+#[derive(Default)]
+struct Batch {
+    streams: Vec<Mailbox>,
+    resync: HashSet<String>,
+}
+
+impl Batch {
+    /// Users to read, counted with repeats (a bound, not an exact size).
+    fn size(&self) -> usize {
+        self.streams.iter().map(|m| m.users().len()).sum::<usize>() + self.resync.len()
+    }
+
+    /// Drops streams that have ended and users no longer watched.
+    fn retain_wanted(&mut self, hub: &Hub) {
+        self.streams.retain(Mailbox::is_open);
+        self.resync.retain(|user| hub.is_watched(user));
+    }
+
+    fn users(&self) -> Vec<String> {
+        let mut users: HashSet<&str> = self.resync.iter().map(String::as_str).collect();
+        for mailbox in &self.streams {
+            users.extend(mailbox.users().iter().map(|u| &**u));
+        }
+        users.into_iter().map(str::to_owned).collect()
+    }
+
+    fn merge(&mut self, other: Batch) {
+        self.streams.extend(other.streams);
+        self.resync.extend(other.resync);
     }
 }
 
 fn run(store: &dyn Store, hub: &Hub, queue: &Receiver<Ask>) {
-    let mut failed: HashSet<String> = HashSet::new();
+    let mut failed = Batch::default();
     let mut retry_at: Option<Instant> = None;
     loop {
         let first = match retry_at {
             Some(at) => queue.recv_deadline(at),
             None => queue.recv().map_err(|_| RecvTimeoutError::Disconnected),
         };
-        let mut users: HashSet<String> = HashSet::new();
-        match first {
-            Ok(ask) => {
-                for ask in std::iter::once(ask).chain(queue.try_iter().take(BATCH - 1)) {
-                    match ask {
-                        Ask::User(user) => users.insert(user),
-                        Ask::Stop => return,
-                    };
-                }
-            }
-            Err(RecvTimeoutError::Timeout) => {}
+        let mut batch = Batch::default();
+        let mut next = match first {
+            Ok(ask) => Some(ask),
+            Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => return,
+        };
+        while let Some(ask) = next {
+            match ask {
+                Ask::Stream(mailbox) => batch.streams.push(mailbox),
+                Ask::Resync(user) => drop(batch.resync.insert(user)),
+                Ask::Stop => return,
+            }
+            next = (batch.size() < BATCH)
+                .then(|| queue.try_recv().ok())
+                .flatten();
         }
         if retry_at.is_some_and(|at| at <= Instant::now()) {
-            users.extend(failed.drain());
+            batch.merge(std::mem::take(&mut failed));
             retry_at = None;
         }
-        let users: Vec<String> = users.into_iter().filter(|u| hub.is_watched(u)).collect();
+        batch.retain_wanted(hub);
+        let users = batch.users();
         if users.is_empty() {
             continue;
         }
         match store.last_many(&users) {
-            Ok(pings) => {
-                for (user, ping) in pings {
-                    hub.publish_ping(&user, &ping);
-                }
-            }
+            Ok(pings) => deliver(hub, &batch, pings),
             Err(e) => {
                 log::debug!(
                     "cached pings of {} users unavailable, retrying: {e}",
                     users.len()
                 );
-                failed.extend(users);
+                failed.merge(batch);
                 retry_at.get_or_insert_with(|| Instant::now() + RETRY);
             }
+        }
+    }
+}
+
+/// Hands each stream of `batch` its users' pings, and publishes the resynced users'.
+fn deliver(hub: &Hub, batch: &Batch, pings: Vec<(String, crate::ping::LastPing)>) {
+    let events: HashMap<String, Arc<Event>> = pings
+        .into_iter()
+        .map(|(user, ping)| {
+            let event = Arc::new(Event::new(&user, &ping));
+            (user, event)
+        })
+        .collect();
+    for mailbox in &batch.streams {
+        for (index, user) in mailbox.users().iter().enumerate() {
+            if let Some(event) = events.get(&**user) {
+                mailbox.deliver(index as u32, Arc::clone(event));
+            }
+        }
+    }
+    for user in &batch.resync {
+        if let Some(event) = events.get(user) {
+            hub.publish(user, Arc::clone(event));
         }
     }
 }
@@ -115,17 +186,34 @@ mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
     #[test]
-    fn a_new_subscriber_gets_the_cached_ping_through_the_hub() {
+    fn a_new_stream_gets_its_cached_pings_and_a_resync_reaches_every_subscriber() {
         let hub = Hub::new(8);
         let store = Arc::new(MemoryStore::new(Arc::clone(&hub)));
         store.record("u", "1", 5_000_000).unwrap();
         let (reads, _worker) =
             CachedReads::start(Arc::clone(&store) as Arc<dyn Store>, Arc::clone(&hub)).unwrap();
-        let sub = hub.subscribe("u");
-        reads.request("u");
-        let event = sub.events.recv_timeout(Duration::from_secs(2)).unwrap();
-        assert_eq!(event.data, r#"{"time":5,"status":"1"}"#);
-        reads.request("nobody"); // no ping, no subscriber: nothing happens
+        let watcher = hub.subscribe(&["u".into()]);
+        let sub = hub.subscribe(&["nobody".into(), "u".into()]);
+        reads.request(sub.mailbox());
+        let (index, event) = sub.wait(Instant::now() + Duration::from_secs(2)).unwrap();
+        assert_eq!(
+            (index, event.with_user()),
+            (1, r#"{"user":"u","time":5,"status":"1"}"#)
+        );
+        assert!(
+            sub.wait(Instant::now() + Duration::from_millis(50))
+                .is_err(),
+            "nobody has none"
+        );
+        assert!(
+            watcher.wait(Instant::now()).is_err(),
+            "only the new stream gets it"
+        );
+        reads.resync("u");
+        let (_, event) = watcher
+            .wait(Instant::now() + Duration::from_secs(2))
+            .unwrap();
+        assert_eq!(event.seq, 5_000_000, "a resync reaches every subscriber");
     }
 
     /// A store whose reads fail `failures` times first.
@@ -165,11 +253,11 @@ mod tests {
         });
         store.inner.record("u", "2", 7_000_000).unwrap();
         let (reads, _worker) = CachedReads::start(store, Arc::clone(&hub)).unwrap();
-        let sub = hub.subscribe("u");
-        reads.request("u");
+        let sub = hub.subscribe(&["u".into()]);
+        reads.request(sub.mailbox());
         let started = Instant::now();
-        let event = sub.events.recv_timeout(RETRY * 3).unwrap();
-        assert_eq!(event.data, r#"{"time":7,"status":"2"}"#);
+        let (_, event) = sub.wait(started + RETRY * 3).unwrap();
+        assert_eq!(event.without_user().concat(), r#"{"time":7,"status":"2"}"#);
         assert!(started.elapsed() >= RETRY / 2, "delivered on the retry");
     }
 }

@@ -11,14 +11,22 @@ use crate::ping::LastPing;
 
 /// Last pings in a map, delivered straight to the local hub.
 pub struct MemoryStore {
-    last: Mutex<HashMap<String, LastPing>>,
+    state: Mutex<State>,
     hub: Arc<Hub>,
+}
+
+#[derive(Default)]
+struct State {
+    last: HashMap<String, LastPing>,
+    /// The last sequence number given to any user: in one process, ids increase across users
+    /// strictly, not just by the clock.
+    seq: u64,
 }
 
 impl MemoryStore {
     pub fn new(hub: Arc<Hub>) -> MemoryStore {
         MemoryStore {
-            last: Mutex::new(HashMap::new()),
+            state: Mutex::default(),
             hub,
         }
     }
@@ -26,20 +34,22 @@ impl MemoryStore {
 
 impl Store for MemoryStore {
     fn record(&self, user: &str, status: &str, now_micros: u64) -> Result<LastPing, StoreError> {
-        let mut last = self.last.lock();
+        let mut state = self.state.lock();
+        let seq = next_seq(state.last.get(user).map(|p| p.seq), now_micros).max(state.seq + 1);
+        state.seq = seq;
         let ping = LastPing {
-            seq: next_seq(last.get(user).map(|p| p.seq), now_micros),
+            seq,
             time: now_micros / 1_000_000,
             status: status.to_owned(),
         };
-        // Publishing under the map's lock keeps each user's events in sequence order.
+        // Publishing under the lock keeps each user's events in sequence order.
         self.hub.publish_ping(user, &ping);
-        last.insert(user.to_owned(), ping.clone());
+        state.last.insert(user.to_owned(), ping.clone());
         Ok(ping)
     }
 
     fn last_many(&self, users: &[String]) -> Result<Vec<(String, LastPing)>, StoreError> {
-        let last = self.last.lock();
+        let last = &self.state.lock().last;
         Ok(users
             .iter()
             .filter_map(|u| Some((u.clone(), last.get(u)?.clone())))
@@ -64,10 +74,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn record_numbers_each_users_pings_and_delivers_them_in_order() {
+    fn record_numbers_pings_in_storing_order_and_delivers_them_in_order() {
         let hub = Hub::new(16);
         let store = MemoryStore::new(Arc::clone(&hub));
-        let watcher = hub.subscribe("alice");
+        let watcher = hub.subscribe(&["alice".into()]);
         assert!(store.last_many(&["alice".into()]).unwrap().is_empty());
 
         // The same microsecond thrice: sequence numbers still increase by one.
@@ -75,12 +85,15 @@ mod tests {
             let ping = store.record("alice", status, 100_000_000).unwrap();
             assert_eq!(ping.seq, 100_000_000 + i as u64);
         }
-        assert_eq!(store.record("bob", "a", 5_000_000).unwrap().seq, 5_000_000);
+        // Another user, stored later with a clock behind: still a larger id.
+        assert_eq!(
+            store.record("bob", "a", 5_000_000).unwrap().seq,
+            100_000_003
+        );
 
-        let got: Vec<(u64, String)> = watcher
-            .events
-            .try_iter()
-            .map(|e| (e.seq, e.data.clone()))
+        let past = std::time::Instant::now();
+        let got: Vec<(u64, String)> = std::iter::from_fn(|| watcher.wait(past).ok())
+            .map(|(_, e)| (e.seq, e.without_user().concat()))
             .collect();
         assert_eq!(
             got,

@@ -21,6 +21,11 @@ impl Reply {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Asserts a `200`.
+    pub fn assert_ok(&self) {
+        assert_eq!(self.status, 200, "{self:?}");
+    }
+
     /// Asserts the status and that the body is one non-empty line of text.
     pub fn assert_refused(&self, status: u16) -> &str {
         assert_eq!(self.status, status, "{self:?}");
@@ -86,14 +91,22 @@ pub struct Sse {
     /// Decoded SSE text not yet split into events.
     text: String,
     ended: bool,
+    /// The `id:` of the last event read, as a browser keeps it for `Last-Event-ID`.
+    pub last_id: Option<String>,
 }
 
 impl Sse {
     /// Sends `GET path` and reads the response head.
     pub fn open(stream: TcpStream, path: &str, version: &str) -> Sse {
+        Sse::open_with(stream, path, version, "")
+    }
+
+    /// Sends `GET path` with `headers` (each line ending in CRLF) and reads the head.
+    pub fn open_with(stream: TcpStream, path: &str, version: &str, headers: &str) -> Sse {
         // One write: split writes would wait on Nagle and the server's delayed ACK.
-        let request =
-            format!("GET {path} {version}\r\nHost: t\r\nAccept: text/event-stream\r\n\r\n");
+        let request = format!(
+            "GET {path} {version}\r\nHost: t\r\nAccept: text/event-stream\r\n{headers}\r\n"
+        );
         (&stream).write_all(request.as_bytes()).unwrap();
         let mut reader = BufReader::new(stream);
         let head = read_reply(&mut reader).expect("a response head");
@@ -102,6 +115,7 @@ impl Sse {
             head,
             text: String::new(),
             ended: false,
+            last_id: None,
         }
     }
 
@@ -149,6 +163,31 @@ impl Sse {
         }
     }
 
+    /// The next event of a many-user stream: its id and `(user, time, status)`, with exactly
+    /// those three fields in its data.
+    pub fn expect_user_ping(&mut self, timeout: Duration) -> (u64, (String, u64, String)) {
+        let data = self.expect_data(timeout);
+        let value: serde_json::Value = serde_json::from_str(&data).expect("JSON data");
+        let object = value.as_object().expect("an object");
+        assert_eq!(object.len(), 3, "user, time and status: {data}");
+        let user = object["user"].as_str().expect("a string user").to_owned();
+        let time = object["time"].as_u64().expect("an integer time");
+        let status = object["status"]
+            .as_str()
+            .expect("a string status")
+            .to_owned();
+        (self.id(), (user, time, status))
+    }
+
+    /// The id of the last event read, as a number.
+    pub fn id(&self) -> u64 {
+        self.last_id
+            .as_deref()
+            .expect("an event with an id")
+            .parse()
+            .expect("a numeric id")
+    }
+
     /// The next event's data parsed as `{"time": …, "status": …}`.
     pub fn expect_ping(&mut self, timeout: Duration) -> (u64, String) {
         let data = self.expect_data(timeout);
@@ -192,6 +231,9 @@ impl Sse {
         let block: String = self.text.drain(..end + 2).collect();
         let mut data: Option<String> = None;
         for line in block.lines() {
+            if let Some(id) = line.strip_prefix("id:") {
+                self.last_id = Some(id.strip_prefix(' ').unwrap_or(id).to_owned());
+            }
             if let Some(value) = line.strip_prefix("data:") {
                 let value = value.strip_prefix(' ').unwrap_or(value);
                 data = Some(match data {

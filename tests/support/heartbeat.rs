@@ -165,6 +165,19 @@ impl Heartbeat {
         Sse::open(self.connect(), path, "HTTP/1.1")
     }
 
+    /// Opens `GET path` as an event stream resuming after event `id` (`Last-Event-ID`).
+    pub fn resume(&self, path: &str, id: u64) -> Sse {
+        let header = format!("Last-Event-ID: {id}\r\n");
+        Sse::open_with(self.connect(), path, "HTTP/1.1", &header)
+    }
+
+    /// `GET path` on a connection of its own; the response in full.
+    pub fn get(&self, path: &str) -> Reply {
+        self.request(
+            format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+    }
+
     /// Threads of the process now.
     pub fn threads(&self) -> usize {
         proc_entries(self.pid(), "task")

@@ -18,6 +18,14 @@ pub use self::heartbeat::{Heartbeat, binary, key_prefix};
 pub use self::proxy::{Link, Proxy};
 pub use self::redis::{Redis, free_port};
 
+/// Now, in UTC epoch seconds.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
 /// The opening most tests share: a Redis of their own and one heartbeat on it.
 pub fn heartbeat_on_redis() -> (Redis, Heartbeat) {
     let redis = Redis::start();

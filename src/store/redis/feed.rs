@@ -165,7 +165,7 @@ impl Feed {
             log::info!("resyncing the last pings of {} watched users", users.len());
         }
         for user in &users {
-            self.cached.request(user);
+            self.cached.resync(user);
         }
     }
 }
