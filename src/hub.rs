@@ -284,6 +284,11 @@ impl Subscriber {
         }
     }
 
+    /// The users this subscriber watches, in the order asked.
+    pub fn users(&self) -> &[Arc<str>] {
+        &self.slot.users
+    }
+
     /// How many users this subscriber watches.
     pub fn user_count(&self) -> usize {
         self.slot.users.len()

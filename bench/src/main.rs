@@ -4,8 +4,11 @@
 //!   connection), reads the server's RSS and threads from /proc before and after, then sends
 //!   pings at a fixed rate over a few keep-alive connections and reports ping latency,
 //!   delivery latency (ping sent to event read, at every subscriber of the user, also as a
-//!   p99 per second of the run) and deliveries expected against received. A probe thread
-//!   meanwhile notes when the machine itself stalls, to tell its hiccups from the server's.
+//!   p99 per second of the run) and deliveries expected against received and repeated. With
+//!   `--users-per-stream K` each stream watches K users on one `/subscribe?user=...`
+//!   stream; with `--probe-users P` one more stream of P users opens halfway and reports how
+//!   long its cached pings took. A probe thread meanwhile notes when the machine itself
+//!   stalls, to tell its hiccups from the server's.
 //! - `hello`: the HTTP ceiling: heartbeat's own HTTP layer and thread-per-connection accept
 //!   loop answering every request with a constant, no store behind it.
 //! - `startup`: spawns a command and reports how long until `/healthz` answers 200.
@@ -44,7 +47,7 @@ fn main() -> ExitCode {
 const USAGE: &str = "usage:
   heartbeat-bench run --addr HOST:PORT [--pid PID] [--streams N] [--users U] [--rate PINGS_PER_S]
                       [--seconds S] [--ping-connections C] [--settle S]
-                      [--dump FILE]
+                      [--users-per-stream K] [--probe-users P] [--dump FILE]
   heartbeat-bench hello [HOST:PORT]
   heartbeat-bench startup HOST:PORT COMMAND [ARGS...]
   heartbeat-bench record-script";
@@ -59,6 +62,11 @@ pub struct Options {
     pub ping_connections: usize,
     /// Seconds between the last stream opening and the first ping.
     pub settle: f64,
+    /// Users each stream watches: 1 by `/subscribe/:userid`, more by `/subscribe?user=...`.
+    pub users_per_stream: usize,
+    /// If above 0: halfway through the pings, open one more stream of this many users (all
+    /// with a cached ping) and time how long until it has all their cached pings.
+    pub probe_users: usize,
     /// Where to write every delivery as `ping latency_us`, for a closer look at a tail.
     pub dump: Option<String>,
 }
@@ -74,6 +82,8 @@ impl Options {
             seconds: 10,
             ping_connections: 16,
             settle: 1.0,
+            users_per_stream: 1,
+            probe_users: 0,
             dump: None,
         };
         let mut it = args.iter();
@@ -97,12 +107,19 @@ impl Options {
                 "--seconds" => o.seconds = value.parse().map_err(|e| bad(&e))?,
                 "--ping-connections" => o.ping_connections = value.parse().map_err(|e| bad(&e))?,
                 "--settle" => o.settle = value.parse().map_err(|e| bad(&e))?,
+                "--users-per-stream" => o.users_per_stream = value.parse().map_err(|e| bad(&e))?,
+                "--probe-users" => o.probe_users = value.parse().map_err(|e| bad(&e))?,
                 "--dump" => o.dump = Some(value.clone()),
                 _ => return Err(format!("unknown option {flag}\n{USAGE}")),
             }
         }
-        if o.users == 0 || o.rate == 0 || o.ping_connections == 0 {
-            return Err("--users, --rate and --ping-connections must be above 0".into());
+        if o.users == 0 || o.rate == 0 || o.ping_connections == 0 || o.users_per_stream == 0 {
+            return Err(
+                "--users, --rate, --ping-connections and --users-per-stream must be above 0".into(),
+            );
+        }
+        if o.users_per_stream > o.users || o.probe_users > o.users {
+            return Err("--users-per-stream and --probe-users must not exceed --users".into());
         }
         Ok(o)
     }

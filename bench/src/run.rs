@@ -2,6 +2,7 @@
 //! and the latency of every delivery. In three phases: open the streams, send the pings
 //! while reading the streams, report.
 
+use std::collections::HashSet;
 use std::io::{self, Read, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,10 +27,44 @@ fn proc_usage(pid: u32) -> Option<(u64, u64)> {
 /// One event stream being read.
 struct Stream {
     socket: TcpStream,
-    user: usize,
-    sent_request: bool,
+    /// The users it watches: one by `/subscribe/:userid`, more by `/subscribe?user=...`.
+    users: Vec<usize>,
+    /// When its request was written.
+    requested_at: Option<Instant>,
     head_done: bool,
     buf: Vec<u8>,
+    /// Events read, and the pings of this run among them (to find repeats).
+    events: usize,
+    pings: HashSet<u32>,
+}
+
+impl Stream {
+    fn new(socket: TcpStream, users: Vec<usize>) -> Stream {
+        Stream {
+            socket,
+            users,
+            requested_at: None,
+            head_done: false,
+            buf: Vec::new(),
+            events: 0,
+            pings: HashSet::new(),
+        }
+    }
+
+    /// `GET` of this stream's users: the single-user route for one, the query for more.
+    fn request(&self, nonce: u32) -> String {
+        let target = match &self.users[..] {
+            [one] => format!("/subscribe/{}/client/bench", user_name(nonce, *one)),
+            many => {
+                let users: Vec<String> = many
+                    .iter()
+                    .map(|u| format!("user={}", user_name(nonce, *u)))
+                    .collect();
+                format!("/subscribe?{}", users.join("&"))
+            }
+        };
+        format!("GET {target} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n")
+    }
 }
 
 /// One keep-alive connection sending pings.
@@ -42,6 +77,8 @@ struct Pinger {
 }
 
 const PINGER_BASE: usize = 1 << 30;
+/// The token of the probe stream.
+const PROBE: usize = PINGER_BASE - 1;
 
 /// Opens the streams, sends the pings, and reports; fails if a stream was refused, a ping
 /// failed or a delivery was lost.
@@ -77,6 +114,8 @@ struct Opened {
 
 /// What the pings did.
 struct Pings {
+    /// How long the probe stream took from its request to its last cached ping.
+    probe: Option<Duration>,
     /// Latency of every ping answered 200, in microseconds.
     latency: Vec<u32>,
     errors: u64,
@@ -122,13 +161,12 @@ impl Load<'_> {
                         Interest::READABLE | Interest::WRITABLE,
                     )
                     .map_err(|e| e.to_string())?;
-                self.streams.push(Stream {
-                    socket,
-                    user: i % o.users,
-                    sent_request: false,
-                    head_done: false,
-                    buf: Vec::new(),
-                });
+                // Stream i watches the K users from i * K on: each user is watched by about
+                // streams * K / users streams.
+                let users = (0..o.users_per_stream)
+                    .map(|k| (i * o.users_per_stream + k) % o.users)
+                    .collect();
+                self.streams.push(Stream::new(socket, users));
             }
             let deadline = Instant::now() + Duration::from_secs(30);
             while established + refused < self.streams.len() {
@@ -146,7 +184,9 @@ impl Load<'_> {
                     match drive_stream(stream, self.nonce, &mut self.seen, None) {
                         StreamState::Opened => {
                             established += 1;
-                            self.subscribers[stream.user] += 1;
+                            for &user in &stream.users {
+                                self.subscribers[user] += 1;
+                            }
                         }
                         StreamState::Failed => refused += 1,
                         StreamState::Same => {}
@@ -171,6 +211,7 @@ impl Load<'_> {
         let interval = Duration::from_secs_f64(1.0 / o.rate as f64);
         let mut sent_at: Vec<Option<Instant>> = vec![None; total as usize];
         let mut pings = Pings {
+            probe: None,
             latency: Vec::with_capacity(total as usize),
             errors: 0,
             late: 0,
@@ -179,11 +220,13 @@ impl Load<'_> {
         };
         let mut next = 0u64;
         let start = Instant::now();
-        let probe = StallProbe::start(start);
+        let stall_probe = StallProbe::start(start);
         let mut finished_at: Option<Instant> = None;
         self.seen
             .deliveries
-            .reserve(total as usize * (o.streams / o.users.max(1) + 1));
+            .reserve(total as usize * (o.streams * o.users_per_stream / o.users + 1));
+        let mut probe: Option<Stream> = None;
+        let probe_at = start + Duration::from_secs_f64(o.seconds as f64 / 2.0);
         loop {
             let now = Instant::now();
             // Send what is due.
@@ -212,14 +255,18 @@ impl Load<'_> {
                 pings.expected += self.subscribers[user];
                 next += 1;
             }
+            if o.probe_users > 0 && probe.is_none() && now >= probe_at {
+                probe = Some(self.open_probe()?);
+            }
             if next == total
                 && finished_at.is_none()
                 && pingers.iter().all(|p| p.in_flight.is_none())
             {
                 finished_at = Some(Instant::now());
             }
+            let probe_done = o.probe_users == 0 || pings.probe.is_some();
             if let Some(done) = finished_at
-                && (self.seen.deliveries.len() as u64 >= pings.expected
+                && ((self.seen.deliveries.len() as u64 >= pings.expected && probe_done)
                     || done.elapsed() > Duration::from_secs(5))
             {
                 break;
@@ -234,7 +281,17 @@ impl Load<'_> {
                 .map_err(|e| e.to_string())?;
             for event in &self.events {
                 let token = event.token().0;
-                if token >= PINGER_BASE {
+                if token == PROBE {
+                    let Some(stream) = probe.as_mut() else {
+                        continue;
+                    };
+                    let mut ignored = Seen::default();
+                    drive_stream(stream, self.nonce, &mut ignored, None);
+                    if pings.probe.is_none() && stream.events >= o.probe_users {
+                        let asked = stream.requested_at.expect("events after the request");
+                        pings.probe = Some(asked.elapsed());
+                    }
+                } else if token >= PINGER_BASE {
                     let pinger = &mut pingers[token - PINGER_BASE];
                     pinger.connected = true;
                     for (ok, latency) in read_ping_replies(pinger)? {
@@ -250,8 +307,23 @@ impl Load<'_> {
                 }
             }
         }
-        pings.stalls = probe.stop();
+        pings.stalls = stall_probe.stop();
         Ok(pings)
+    }
+
+    /// The probe: a stream of the first `probe_users` users, pinged early in the run, so each
+    /// has a cached ping.
+    fn open_probe(&mut self) -> Result<Stream, String> {
+        let mut socket = TcpStream::connect(self.o.addr).map_err(|e| format!("connect: {e}"))?;
+        self.poll
+            .registry()
+            .register(
+                &mut socket,
+                Token(PROBE),
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .map_err(|e| e.to_string())?;
+        Ok(Stream::new(socket, (0..self.o.probe_users).collect()))
     }
 
     /// The keep-alive connections pings go out on.
@@ -298,8 +370,8 @@ fn report(
         .filter(|_| established > 0)
         .map(|((b, _), (a, _))| a.saturating_sub(b) as f64 / established as f64);
     println!(
-        "streams: {established} open of {} ({} refused) over {} users in {:.2?}",
-        o.streams, opened.refused, o.users, opened.took
+        "streams: {established} open of {} ({} refused), {} users each, over {} users in {:.2?}",
+        o.streams, opened.refused, o.users_per_stream, o.users, opened.took
     );
     if let Some(((rss0, th0), (rss1, th1))) = usage {
         println!(
@@ -340,12 +412,26 @@ fn report(
     }
     let expected = pings.expected;
     println!(
-        "deliveries: {} received of {expected} expected; {} unexpected",
+        "deliveries: {} received of {expected} expected; {} repeated; {} unexpected",
         delivery.len(),
+        seen.repeated,
         seen.unexpected
     );
+    if let Some(probe) = pings.probe {
+        println!(
+            "probe: a new stream of {} users had all their cached pings {:.2?} after its request",
+            o.probe_users, probe
+        );
+    }
     let p = |v: &mut Vec<u32>, q: f64| percentile(v, q);
     println!("result streams_open={established}");
+    println!("result open_ms={}", opened.took.as_millis());
+    println!("result watches={}", established * o.users_per_stream);
+    println!("result deliveries_repeated={}", seen.repeated);
+    if o.probe_users > 0 {
+        let probe = pings.probe.map_or(-1.0, |p| p.as_secs_f64() * 1000.0);
+        println!("result probe_ms={probe:.2}");
+    }
     if let Some(((rss0, th0), (rss1, th1))) = usage {
         println!("result rss_before_kib={rss0}");
         println!("result rss_after_kib={rss1}");
@@ -377,8 +463,17 @@ fn report(
     );
     println!("result deliveries_expected={expected}");
     println!("result deliveries_received={}", delivery.len());
-    if established < o.streams || ping_errors > 0 || (delivery.len() as u64) < expected {
-        return Err("streams refused, pings failed or deliveries lost (see above)".into());
+    if established < o.streams
+        || ping_errors > 0
+        || (delivery.len() as u64) < expected
+        || seen.repeated > 0
+        || (o.probe_users > 0 && pings.probe.is_none())
+    {
+        return Err(
+            "streams refused, pings failed, deliveries lost or repeated, or the probe \
+             incomplete (see above)"
+                .into(),
+        );
     }
     Ok(())
 }
@@ -448,8 +543,10 @@ impl std::fmt::Display for Stalls {
 struct Seen {
     /// Every delivery as (ping number, latency in microseconds).
     deliveries: Vec<(u32, u32)>,
-    /// Events of this run that arrived twice or for a ping never sent.
+    /// Events of this run for a ping never sent.
     unexpected: u64,
+    /// Events of this run that a stream had already received.
+    repeated: u64,
 }
 
 /// The delivery p99 of the pings sent in each second of the run, in microseconds, to show
@@ -480,18 +577,18 @@ fn drive_stream(
     seen: &mut Seen,
     sent_at: Option<&[Option<Instant>]>,
 ) -> StreamState {
-    if !stream.sent_request {
+    if stream.requested_at.is_none() {
         if stream.socket.peer_addr().is_err() {
             return StreamState::Same; // still connecting
         }
-        let request = format!(
-            "GET /subscribe/{}/client/bench HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n",
-            user_name(nonce, stream.user)
-        );
-        if stream.socket.write_all(request.as_bytes()).is_err() {
+        if stream
+            .socket
+            .write_all(stream.request(nonce).as_bytes())
+            .is_err()
+        {
             return StreamState::Failed;
         }
-        stream.sent_request = true;
+        stream.requested_at = Some(Instant::now());
     }
     let mut chunk = [0u8; 4096];
     let mut state = StreamState::Same;
@@ -531,6 +628,10 @@ fn drive_stream(
     let now = Instant::now();
     while let Some(end) = find(&stream.buf, b"\n\n") {
         let block: Vec<u8> = stream.buf.drain(..end + 2).collect();
+        if find(&block, b"data: ").is_none() {
+            continue; // a keepalive
+        }
+        stream.events += 1;
         let Some(sent_at) = sent_at else { continue };
         let Some(at) = find(&block, b"\"status\":\"b") else {
             continue;
@@ -545,6 +646,7 @@ fn drive_stream(
         }
         let id = id.parse::<usize>().ok();
         match id.and_then(|id| Some((id, sent_at.get(id).copied().flatten()?))) {
+            Some((id, _)) if !stream.pings.insert(id as u32) => seen.repeated += 1,
             Some((id, sent)) => {
                 let latency = now.saturating_duration_since(sent).as_micros() as u32;
                 seen.deliveries.push((id as u32, latency));

@@ -58,7 +58,7 @@ pub fn serve(stream: TcpStream, shared: &Shared) {
             Outcome::Subscribe(subscribe) => {
                 let minor_version = request.minor_version;
                 drop((request, reader));
-                shared.streams.serve(&stream, minor_version, &subscribe);
+                shared.streams.serve(&stream, minor_version, subscribe);
                 return;
             }
         }
