@@ -11,8 +11,10 @@ quick=false
 [ "${1:-}" = "--quick" ] && quick=true
 if $quick; then
   streams=300; streams_max=500; users=30; rate=200; seconds=3; wrk_time=2s; rb_requests=20000
+  multi_streams=300; multi_users=600; multi_each=20; multi_probe=64
 else
   streams=10000; streams_max=15000; users=1000; rate=1000; seconds=20; wrk_time=10s; rb_requests=300000
+  multi_streams=10000; multi_users=100000; multi_each=100; multi_probe=256
 fi
 
 for tool in redis-server redis-cli redis-benchmark wrk; do
@@ -113,6 +115,13 @@ start_heartbeat
   --rate "$rate" --seconds 3 | tee "$work/run_max"
 stop_heartbeat
 
+echo "== $multi_streams streams of $multi_each users each over $multi_users users, $rate pings/s for $seconds s, a $multi_probe-user stream opened halfway"
+start_heartbeat
+"$bench" run --addr "127.0.0.1:$port" --pid "$hb_pid" --streams "$multi_streams" --users "$multi_users" \
+  --users-per-stream "$multi_each" --probe-users "$multi_probe" --rate "$rate" --seconds "$seconds" \
+  | tee "$work/multi"
+stop_heartbeat
+
 # Three wrk runs: on this shared 2-core VM one run's rate can differ from the next by a
 # quarter, so the table gives the median and every run. heartbeat's CPU time per ping
 # (/proc/PID/stat) varies much less with the machine's load than its rate does.
@@ -158,6 +167,12 @@ rss_max_mib=$(awk -v k="$(result rss_after_kib "$work/run_max")" 'BEGIN {printf 
 d99=$(awk -v u="$(result delivery_p99_us "$work/run")" 'BEGIN {printf "%.2f", u / 1000}')
 lost=$(( $(result deliveries_expected "$work/run") - $(result deliveries_received "$work/run") ))
 stalls="$(result stalls "$work/run"), longest $(awk -v u="$(result stall_longest_us "$work/run")" 'BEGIN {printf "%.1f", u / 1000}') ms"
+multi_rss_mib=$(awk -v k="$(result rss_after_kib "$work/multi")" 'BEGIN {printf "%.1f", k / 1024}')
+multi_open_s=$(awk -v m="$(result open_ms "$work/multi")" 'BEGIN {printf "%.1f", m / 1000}')
+multi_d99=$(awk -v u="$(result delivery_p99_us "$work/multi")" 'BEGIN {printf "%.2f", u / 1000}')
+multi_lost=$(( $(result deliveries_expected "$work/multi") - $(result deliveries_received "$work/multi") ))
+multi_repeated=$(result deliveries_repeated "$work/multi")
+multi_probe_ms=$(result probe_ms "$work/multi")
 check() { if awk "BEGIN {exit !($1)}"; then echo "yes"; else echo "NO"; fi; }
 
 echo
@@ -170,6 +185,11 @@ echo "| deliveries lost | $lost of $(result deliveries_expected "$work/run") | 0
 echo "| RSS per stream ($streams) | $per_stream KiB | <= 12 KiB | $(check "$per_stream <= 12") |"
 echo "| RSS per stream ($streams_max) | $per_stream_max KiB | <= 12 KiB | $(check "$per_stream_max <= 12") |"
 echo "| RSS with $streams_max streams | $rss_max_mib MiB | < 250 MiB | $(check "$rss_max_mib < 250") |"
+echo "| streams of $multi_each users open ($(result watches "$work/multi") watches), time to open all | $(result streams_open "$work/multi") in $multi_open_s s | $multi_streams within 60 s | $(check "$(result streams_open "$work/multi") >= $multi_streams && $multi_open_s <= 60") |"
+echo "| RSS with those streams | $multi_rss_mib MiB | <= 300 MiB | $(check "$multi_rss_mib <= 300") |"
+echo "| their delivery p99 at $rate pings/s | $multi_d99 ms | <= 5 ms | $(check "$multi_d99 <= 5") |"
+echo "| their deliveries lost, repeated | $multi_lost, $multi_repeated of $(result deliveries_expected "$work/multi") | 0, 0 | $(check "$multi_lost == 0 && $multi_repeated == 0") |"
+echo "| new $multi_probe-user stream: all cached pings, under that load | $multi_probe_ms ms | <= 20 ms | $(check "$multi_probe_ms >= 0 && $multi_probe_ms <= 20") |"
 echo "| pings/s, wrk -c32, median of 3 ($ping_runs) | $ping_rps | >= 35000 | $(check "$ping_rps >= 35000") |"
 echo "| ping p99, wrk -c32, median of 3 | $ping_p99 ms | < 10 ms | $(check "$ping_p99 < 10") |"
 echo "| heartbeat CPU per ping under wrk | $cpu_us_per_ping us | | |"
