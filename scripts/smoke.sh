@@ -46,6 +46,40 @@ pass "cached ping first: $first"
 grep -Eq "$(printf "$shape" 2)" <<<"$second" || fail "live ping: expected status 2 next, got: ${second:-nothing}"
 pass "live ping next: $second"
 
+# One stream for two users: the pinged one's cached ping with its user and an id, then a live
+# ping of the other user, who had none.
+other="$user-other"
+other_claim="{\"userid\":\"$other\",\"clientid\":\"smoke\"}"
+curl -sS -N --max-time 3 -D "$tmp/multi-head" "$base/subscribe?user=$user&user=$other&token=smoke" \
+  >"$tmp/multi" 2>/dev/null &
+stream=$!
+sleep 1
+code=$(curl -sS -o "$tmp/body" -w '%{http_code}' --max-time 5 -X POST \
+  -H "X-User-Claim: $other_claim" -d '{"status":"0"}' "$base/ping") || fail "POST /ping as $other: curl failed"
+[ "$code" = 200 ] || fail "POST /ping as $other: expected 200, got $code"
+wait "$stream"
+grep -qi '^content-type: text/event-stream' "$tmp/multi-head" ||
+  fail "GET /subscribe?user=...: no text/event-stream content type: $(tr -d '\r' <"$tmp/multi-head")"
+ids=$(grep -c '^id: [0-9][0-9]*$' "$tmp/multi")
+events=$(grep '^data: ' "$tmp/multi")
+first=$(sed -n 1p <<<"$events")
+second=$(sed -n 2p <<<"$events")
+grep -Eq "^data: \{\"user\":\"$user\",\"time\":[0-9]+,\"status\":\"2\"\}$" <<<"$first" ||
+  fail "multi-user stream: expected $user's cached ping first, got: ${first:-nothing}"
+grep -Eq "^data: \{\"user\":\"$other\",\"time\":[0-9]+,\"status\":\"0\"\}$" <<<"$second" ||
+  fail "multi-user stream: expected $other's live ping next, got: ${second:-nothing}"
+[ "$ids" = 2 ] || fail "multi-user stream: expected an id: line per event, got $ids"
+pass "GET /subscribe?user=$user&user=$other -> $first, then $second, each with an id"
+
+code=$(curl -sS -o "$tmp/body" -w '%{http_code}' --max-time 5 "$base/status?user=$user&user=$user-never") ||
+  fail "GET /status: curl failed"
+[ "$code" = 200 ] || fail "GET /status: expected 200, got $code: $(cat "$tmp/body")"
+grep -Eq "\"$user\":\{\"status\":\"2\",\"time\":[0-9]+\}" "$tmp/body" ||
+  fail "GET /status: expected $user's last ping, got: $(cat "$tmp/body")"
+grep -q "\"$user-never\":null" "$tmp/body" ||
+  fail "GET /status: expected null for a user who never pinged, got: $(cat "$tmp/body")"
+pass "GET /status -> $(cat "$tmp/body")"
+
 code=$(curl -sS -o "$tmp/body" -w '%{http_code}' --max-time 5 -X POST \
   -H 'X-User-Claim: not json' -d '{"status":"1"}' "$base/ping") || fail "bad claim: curl failed"
 [ "$code" = 400 ] || fail "bad claim: expected 400, got $code"

@@ -1,6 +1,7 @@
-//! A real browser: headless Chromium opens `examples/presence.html`, whose `EventSource`s read
-//! heartbeat's streams across origins (CORS), and the page shows a user online with the
-//! cached status, then the live one.
+//! A real browser: headless Chromium opens `examples/presence.html`, whose one `EventSource`
+//! reads heartbeat's stream of all its users across origins (CORS), and the page shows each
+//! user online with the cached status, then the live one: two users, and fifty (more than the
+//! six connections a browser holds per origin).
 //!
 //! The page is served from a port of the test's own, inside a harness page that reports what
 //! the presence page shows (its rows' `data-` attributes) back to the test every 200 ms.
@@ -166,8 +167,8 @@ setInterval(() => {{
     }
 }
 
-#[test]
-fn a_browser_shows_a_user_online_with_the_cached_then_the_live_status() {
+/// heartbeat (memory mode) allowing a presence page for `users`, and the page's site.
+fn heartbeat_and_page(users: &str) -> (Heartbeat, Site) {
     chromium();
     // The page's origin is only known once its port is bound: bind first, then start
     // heartbeat allowing it.
@@ -175,13 +176,19 @@ fn a_browser_shows_a_user_online_with_the_cached_then_the_live_status() {
     let heartbeat_port = placeholder.local_addr().unwrap().port();
     drop(placeholder);
     let heartbeat_base = format!("http://127.0.0.1:{heartbeat_port}");
-    let site = Site::serve(&heartbeat_base, "amy,bo");
+    let site = Site::serve(&heartbeat_base, users);
     let listen = format!("127.0.0.1:{heartbeat_port}");
     let heartbeat = Heartbeat::start_with(&[
         ("REDIS", "memory"),
         ("LISTEN", &listen),
         ("CORS_ORIGINS", &site.origin),
     ]);
+    (heartbeat, site)
+}
+
+#[test]
+fn a_browser_shows_a_user_online_with_the_cached_then_the_live_status() {
+    let (heartbeat, site) = heartbeat_and_page("amy,bo");
     assert_eq!(heartbeat.ping("amy", "1").status, 200, "the cached ping");
 
     let _browser = Browser::open(&format!("{}/harness.html", site.origin));
@@ -192,4 +199,28 @@ fn a_browser_shows_a_user_online_with_the_cached_then_the_live_status() {
     site.wait_for("amy", "online", "2", Duration::from_secs(5));
     assert_eq!(heartbeat.ping("bo", "0").status, 200);
     site.wait_for("bo", "online", "0", Duration::from_secs(5));
+}
+
+#[test]
+fn a_browser_watches_fifty_users_on_one_stream_cached_and_live() {
+    let users: Vec<String> = (0..50).map(|i| format!("friend{i}")).collect();
+    let (heartbeat, site) = heartbeat_and_page(&users.join(","));
+    for user in &users {
+        assert_eq!(heartbeat.ping(user, "1").status, 200, "the cached ping");
+    }
+    let _browser = Browser::open(&format!("{}/harness.html", site.origin));
+    for user in &users {
+        site.wait_for(user, "online", "1", Duration::from_secs(20));
+    }
+    for user in &users {
+        assert_eq!(heartbeat.ping(user, "2").status, 200, "a live ping");
+    }
+    for user in &users {
+        site.wait_for(user, "online", "2", Duration::from_secs(5));
+    }
+    let streams = heartbeat.get("/metrics").body;
+    assert!(
+        streams.lines().any(|l| l == "heartbeat_streams 1"),
+        "one stream for all fifty:\n{streams}"
+    );
 }
