@@ -4,8 +4,9 @@
 
 use std::fmt;
 
-/// Descriptors kept, besides the Redis pool's, for stdio, the listener, the Redis
-/// subscription, the signal pipe, `.env` and `/proc` reads.
+/// Descriptors kept, besides the Redis pool's, for stdio (3), the listener, the Redis feed,
+/// the two Redis writers, the signal pipe (2), the hang-up epoll set and its eventfd (13 in
+/// all), and `.env` and `/proc` reads.
 const RESERVED_FDS: u64 = 16;
 /// Memory maps of the process itself: binary, libraries, heap arenas, the main thread.
 const RESERVED_MAPS: u64 = 1024;

@@ -26,8 +26,10 @@ pub struct Config {
     pub redis_timeout: Duration,
     /// Most Redis connections the ping path holds at once.
     pub redis_pool_size: usize,
-    /// How long a write to a client may block before the client is dropped.
+    /// How long a write to a client may take before the client is dropped.
     pub write_timeout: Duration,
+    /// Each stream socket's kernel send buffer.
+    pub stream_send_buffer: usize,
     /// How long a request head (and its body) may take to arrive once it has begun.
     pub request_timeout: Duration,
     /// How long an idle keep-alive connection is kept open.
@@ -142,6 +144,7 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("REDIS_TIMEOUT_MS", "1000"),
     ("REDIS_POOL_SIZE", "16"),
     ("WRITE_TIMEOUT_SECS", "10"),
+    ("STREAM_SEND_BUFFER_BYTES", "65536"),
     ("REQUEST_TIMEOUT_SECS", "10"),
     ("IDLE_TIMEOUT_SECS", "120"),
     ("SUBSCRIBER_QUEUE", "1024"),
@@ -208,6 +211,7 @@ impl Config {
             redis_timeout: Duration::from_millis(vars.number("REDIS_TIMEOUT_MS", 10, 60_000)?),
             redis_pool_size: vars.number("REDIS_POOL_SIZE", 1, 1024)?,
             write_timeout: vars.seconds("WRITE_TIMEOUT_SECS")?,
+            stream_send_buffer: vars.number("STREAM_SEND_BUFFER_BYTES", 4096, 1 << 24)?,
             request_timeout: vars.seconds("REQUEST_TIMEOUT_SECS")?,
             idle_timeout: vars.seconds("IDLE_TIMEOUT_SECS")?,
             subscriber_queue: vars.number("SUBSCRIBER_QUEUE", 1, 65_536)?,

@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::thread::{self, Thread};
 use std::time::Instant;
 
@@ -57,9 +57,9 @@ struct Slot {
     events: Sender<Delivery>,
     /// The subscriber's thread, woken after each event and when the hub lets go.
     waiter: Thread,
-    /// Set when the hub lets go (too slow, closed) or the subscriber leaves: the subscriber
-    /// then takes what is queued and ends.
-    released: AtomicBool,
+    /// `OPEN` until the hub lets go (an [`End`]) or the subscriber leaves (`LEFT`): the
+    /// subscriber then takes what is queued and ends.
+    ended: AtomicU8,
     users: Box<[Arc<str>]>,
 }
 
@@ -72,10 +72,47 @@ enum Offer {
     Gone,
 }
 
+/// Why a subscriber's events ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// It fell `queue` events behind.
+    TooSlow,
+    /// The hub closed: the service is stopping.
+    Shutdown,
+    /// Its client closed or reset the connection.
+    ClientGone,
+}
+
+const OPEN: u8 = 0;
+const LEFT: u8 = u8::MAX;
+
+impl End {
+    fn code(self) -> u8 {
+        match self {
+            End::TooSlow => 1,
+            End::Shutdown => 2,
+            End::ClientGone => 3,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<End> {
+        match code {
+            1 => Some(End::TooSlow),
+            2 => Some(End::Shutdown),
+            3 => Some(End::ClientGone),
+            _ => None,
+        }
+    }
+}
+
 impl Slot {
+    fn is_open(&self) -> bool {
+        self.ended.load(Ordering::Acquire) == OPEN
+    }
+
     /// Queues `event` and wakes the subscriber, unless it is gone or has `bound` queued.
     fn offer(&self, delivery: Delivery, bound: usize) -> Offer {
-        if self.released.load(Ordering::Acquire) {
+        if !self.is_open() {
             return Offer::Gone;
         }
         if self.events.len() >= bound {
@@ -88,10 +125,15 @@ impl Slot {
         Offer::Queued
     }
 
-    /// Ends the subscription: the subscriber takes what is queued, then sees the end.
-    fn release(&self) {
-        self.released.store(true, Ordering::Release);
-        self.waiter.unpark();
+    /// Ends the subscription, unless it has ended already: the subscriber takes what is
+    /// queued, then sees `end`.
+    fn release(&self, end: End) {
+        let ended =
+            self.ended
+                .compare_exchange(OPEN, end.code(), Ordering::AcqRel, Ordering::Acquire);
+        if ended.is_ok() {
+            self.waiter.unpark();
+        }
     }
 }
 
@@ -157,7 +199,11 @@ impl Hub {
             id,
             events: tx,
             waiter,
-            released: AtomicBool::new(inner.closed),
+            ended: AtomicU8::new(if inner.closed {
+                End::Shutdown.code()
+            } else {
+                OPEN
+            }),
             users: names,
         });
         if !inner.closed {
@@ -203,7 +249,7 @@ impl Hub {
                 "dropping a subscriber of {user:?}: {} events behind",
                 self.queue
             );
-            slot.release();
+            slot.release(End::TooSlow);
             inner.unregister(slot);
         }
         self.dropped_slow
@@ -245,7 +291,7 @@ impl Hub {
         inner.closed = true;
         for watches in inner.users.values() {
             for watch in watches {
-                watch.slot.release();
+                watch.slot.release(End::Shutdown);
             }
         }
         inner.users.clear();
@@ -262,18 +308,18 @@ fn channel() -> (Sender<Delivery>, Receiver<Delivery>) {
 
 impl Subscriber {
     /// The next event, waiting for it until `deadline`; `Timeout` if none came by then,
-    /// `Ended` once the hub has let go and every queued event was taken. Call it on the
-    /// thread that subscribed: that is the thread the hub wakes.
+    /// `Ended` once the subscription has ended and every queued event was taken. Call it on
+    /// the thread that subscribed: that is the thread the hub wakes.
     pub fn wait(&self, deadline: Instant) -> Result<Delivery, WaitError> {
         loop {
             match self.events.try_recv() {
                 Ok(delivery) => return Ok(delivery),
-                Err(TryRecvError::Disconnected) => return Err(WaitError::Ended),
+                Err(TryRecvError::Disconnected) => return Err(WaitError::Ended(End::Shutdown)),
                 Err(TryRecvError::Empty) => {}
             }
-            if self.slot.released.load(Ordering::Acquire) {
-                // Whatever was sent before the release is in the channel by now.
-                return self.events.try_recv().map_err(|_| WaitError::Ended);
+            if let Some(end) = End::from_code(self.slot.ended.load(Ordering::Acquire)) {
+                // Whatever was sent before the end is in the channel by now.
+                return self.events.try_recv().map_err(|_| WaitError::Ended(end));
             }
             let Some(left) = deadline.checked_duration_since(Instant::now()) else {
                 return Err(WaitError::Timeout);
@@ -308,7 +354,12 @@ impl Mailbox {
 
     /// Whether the subscriber still takes events.
     pub fn is_open(&self) -> bool {
-        !self.0.released.load(Ordering::Acquire)
+        self.0.is_open()
+    }
+
+    /// Ends the subscription because its client hung up: its thread wakes and ends.
+    pub fn hang_up(&self) {
+        self.0.release(End::ClientGone);
     }
 
     /// Queues the event of the user at `index` in [`users`](Mailbox::users). Not bound by the
@@ -325,12 +376,12 @@ impl Mailbox {
 #[derive(Debug, PartialEq, Eq)]
 pub enum WaitError {
     Timeout,
-    Ended,
+    Ended(End),
 }
 
 impl Drop for Subscriber {
     fn drop(&mut self) {
-        self.slot.released.store(true, Ordering::Release);
+        self.slot.ended.store(LEFT, Ordering::Release);
         self.hub.inner.lock().unregister(&self.slot);
     }
 }
@@ -416,7 +467,7 @@ mod tests {
         assert_eq!(seqs(&slow), [1, 2]);
         assert_eq!(
             slow.wait(Instant::now() + std::time::Duration::from_secs(5)),
-            Err(WaitError::Ended)
+            Err(WaitError::Ended(End::TooSlow))
         );
         assert_eq!(hub.watch_count(), 1);
     }
@@ -444,9 +495,15 @@ mod tests {
         hub.publish("u", event("u", 1));
         hub.close();
         assert_eq!(seqs(&before), [1], "what was queued is still taken");
-        assert_eq!(before.wait(Instant::now()), Err(WaitError::Ended));
+        assert_eq!(
+            before.wait(Instant::now()),
+            Err(WaitError::Ended(End::Shutdown))
+        );
         let after = hub.subscribe(&users(&["u"]));
-        assert_eq!(after.wait(Instant::now()), Err(WaitError::Ended));
+        assert_eq!(
+            after.wait(Instant::now()),
+            Err(WaitError::Ended(End::Shutdown))
+        );
         assert_eq!(hub.publish("u", event("u", 2)), 0);
     }
 }

@@ -8,12 +8,13 @@
 //!
 //! This file is the composition root: it configures, starts, waits and stops.
 
-// No unsafe code but one `prctl` call, isolated in `futex`.
+// No unsafe code but one `prctl` call, isolated in `futex`, and the epoll calls of `hangup`.
 #![deny(unsafe_code)]
 
 pub mod budget;
 pub mod config;
 pub mod futex;
+pub mod hangup;
 pub mod healthcheck;
 pub mod http;
 pub mod hub;
@@ -33,6 +34,7 @@ use std::time::Instant;
 
 use crate::budget::SystemLimits;
 use crate::config::{Config, ConfigError, StoreConfig};
+use crate::hangup::Hangups;
 use crate::http::Timeouts;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -42,7 +44,7 @@ use crate::store::Store;
 use crate::store::cached::CachedReads;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
-use crate::stream::Streams;
+use crate::stream::{Streams, Writing};
 use crate::worker::Worker;
 
 /// Why the service could not start, or did not stop cleanly.
@@ -136,10 +138,18 @@ pub fn run() -> Result<(), Error> {
         }
     };
 
+    let (hangups, worker) = Hangups::start().map_err(setup("hangups thread"))?;
+    workers.push(worker);
+    let writing = Writing {
+        keepalive: config.keepalive,
+        timeout: config.write_timeout,
+        send_buffer: config.stream_send_buffer,
+    };
     let streams = Arc::new(Streams::new(
         hub,
         cached,
-        config.keepalive,
+        hangups,
+        writing,
         Arc::clone(&metrics),
     ));
     let listener = server::bind(&config.listen).map_err(|(addr, e)| Error::Listen(addr, e))?;

@@ -276,6 +276,7 @@ mod tests {
     use crate::hub::Hub;
     use crate::store::cached::CachedReads;
     use crate::store::memory::MemoryStore;
+    use crate::stream::Writing;
     use std::time::Duration;
 
     fn routes_with(cors: Cors) -> (Routes, Arc<MemoryStore>) {
@@ -283,7 +284,13 @@ mod tests {
         let store = Arc::new(MemoryStore::new(Arc::clone(&hub)));
         let (cached, _) = CachedReads::start(store.clone(), Arc::clone(&hub)).unwrap();
         let metrics = Arc::new(Metrics::default());
-        let streams = Streams::new(hub, cached, Duration::from_secs(25), Arc::clone(&metrics));
+        let (hangups, _) = crate::hangup::Hangups::start().unwrap();
+        let writing = Writing {
+            keepalive: Duration::from_secs(25),
+            timeout: Duration::from_secs(10),
+            send_buffer: 65536,
+        };
+        let streams = Streams::new(hub, cached, hangups, writing, Arc::clone(&metrics));
         let routes = Routes {
             store: Arc::clone(&store) as Arc<dyn Store>,
             streams: Arc::new(streams),

@@ -9,8 +9,11 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::http::EventStream;
-use crate::hub::{Hub, Subscriber, WaitError};
+use socket2::SockRef;
+
+use crate::hangup::Hangups;
+use crate::http::{DeadlineWriter, EventStream};
+use crate::hub::{End, Hub, Subscriber, WaitError};
 use crate::metrics::Metrics;
 use crate::store::cached::CachedReads;
 
@@ -37,12 +40,24 @@ pub enum Form {
     Multi,
 }
 
+/// How streams write to their clients.
+#[derive(Debug, Clone, Copy)]
+pub struct Writing {
+    /// Silence after which a stream gets a `:` comment line.
+    pub keepalive: Duration,
+    /// An event's write not done this long after it began ends the stream.
+    pub timeout: Duration,
+    /// Each stream socket's kernel send buffer (`SO_SNDBUF`; the kernel doubles it for its
+    /// bookkeeping): what a client that stopped reading can hold of the kernel's memory.
+    pub send_buffer: usize,
+}
+
 /// Everything a stream needs, shared by all of them, and the count of open ones.
 pub struct Streams {
     hub: Arc<Hub>,
     cached: CachedReads,
-    /// Silence after which a stream gets a `:` comment line.
-    keepalive: Duration,
+    hangups: Arc<Hangups>,
+    writing: Writing,
     metrics: Arc<Metrics>,
     /// Streams open now; `ended` is notified when it falls to zero.
     open: Mutex<usize>,
@@ -53,36 +68,51 @@ impl Streams {
     pub fn new(
         hub: Arc<Hub>,
         cached: CachedReads,
-        keepalive: Duration,
+        hangups: Arc<Hangups>,
+        writing: Writing,
         metrics: Arc<Metrics>,
     ) -> Streams {
         Streams {
             hub,
             cached,
-            keepalive,
+            hangups,
+            writing,
             metrics,
             open: Mutex::new(0),
             ended: Condvar::new(),
         }
     }
 
-    /// Serves `subscribe` on `socket`, on the calling thread, until the client leaves or
-    /// stops reading (past the socket's write timeout), the hub drops the subscriber (too
-    /// slow), or shutdown ends it with the last chunk.
+    /// Serves `subscribe` on `socket`, on the calling thread, until the client hangs up or
+    /// stops reading (an event not written within the write timeout), the hub drops the
+    /// subscriber (too slow), or shutdown ends it with the last chunk.
     pub fn serve(&self, socket: &TcpStream, minor_version: u8, mut subscribe: Subscribe) {
         let _open = self.enter();
+        if let Err(e) = SockRef::from(socket).set_send_buffer_size(self.writing.send_buffer) {
+            log::warn!("cannot cap a stream's send buffer: {e}");
+        }
         // Registered before the cached pings are read, so no ping falls in between.
         let subscriber = self.hub.subscribe(&subscribe.users);
+        let _watch = self
+            .hangups
+            .watch(socket, subscriber.mailbox())
+            .inspect_err(|e| log::warn!("cannot watch a stream for hang-ups: {e}"));
         self.cached.request(subscriber.mailbox());
         // The subscriber holds the ids now, shared with the hub; a stream of 100 users would
         // otherwise keep a second copy for its whole life (about 5 KiB).
         subscribe.users = Vec::new();
         let who = Who(&subscriber, subscribe.client.as_deref().unwrap_or("-"));
-        let result =
-            EventStream::start(socket, minor_version, &subscribe.headers).and_then(|out| {
-                log::debug!("stream of {who} opened");
-                pump(out, &subscriber, &subscribe, self.keepalive, &self.metrics)
-            });
+        let out = DeadlineWriter::new(socket, self.writing.timeout);
+        let result = EventStream::start(out, minor_version, &subscribe.headers).and_then(|out| {
+            log::debug!("stream of {who} opened");
+            pump(
+                out,
+                &subscriber,
+                &subscribe,
+                self.writing.keepalive,
+                &self.metrics,
+            )
+        });
         match result {
             Ok(()) => log::debug!("stream of {who} ended"),
             Err(e) => log::debug!("stream of {who} closed: {e}"),
@@ -162,7 +192,13 @@ fn pump<W: Write>(
                     last_write = Instant::now();
                 }
             }
-            Err(WaitError::Ended) => return out.finish(),
+            Err(WaitError::Ended(End::ClientGone)) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "the client hung up",
+                ));
+            }
+            Err(WaitError::Ended(End::TooSlow | End::Shutdown)) => return out.finish(),
         }
     }
 }

@@ -156,18 +156,50 @@ fn a_half_dead_link_to_redis_is_noticed_and_replaced() {
 
 #[test]
 fn subscribers_that_stop_reading_slow_no_ping_and_no_other_subscriber() {
+    const CAP: usize = 65536;
     let redis = Redis::start();
     let heartbeat = Heartbeat::start_with(&[
         ("REDIS", &redis.addr()),
         ("WRITE_TIMEOUT_SECS", "1"),
-        ("KEEPALIVE_SECS", "1"),
+        ("STREAM_SEND_BUFFER_BYTES", &CAP.to_string()),
     ]);
     let baseline = heartbeat.threads();
     let stalled: Vec<TcpStream> = (0..20)
         .map(|_| support::stalled_subscriber(heartbeat.addr, "/subscribe/flo"))
         .collect();
+    let stalled_ports: Vec<u16> = stalled
+        .iter()
+        .map(|s| s.local_addr().unwrap().port())
+        .collect();
     let mut reader = heartbeat.subscribe("/subscribe/flo");
     support::wait_until(SOON, || heartbeat.threads() >= baseline + 21).unwrap();
+
+    // Meanwhile: the largest send queue of a stalled client's socket, and when the stalled
+    // streams' threads were gone (the reader's and the pinger's remain).
+    let stop = Arc::new(AtomicU64::new(0));
+    let sampler = {
+        let (stop, pid, port) = (Arc::clone(&stop), heartbeat.pid(), heartbeat.addr.port());
+        thread::spawn(move || {
+            let started = Instant::now();
+            let (mut largest, mut released) = (0usize, None);
+            // One more sample after the stop, so the end the test waited for is seen.
+            loop {
+                let stopping = stop.load(Ordering::Relaxed) != 0;
+                largest = largest.max(support::largest_send_queue(port, &stalled_ports));
+                let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+                    .unwrap()
+                    .count();
+                if released.is_none() && threads <= baseline + 2 {
+                    released = Some(started.elapsed());
+                }
+                if stopping {
+                    break;
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+            (largest, released)
+        })
+    };
 
     const PINGS: usize = 3000;
     let status = "x".repeat(1000);
@@ -186,6 +218,7 @@ fn subscribers_that_stop_reading_slow_no_ping_and_no_other_subscriber() {
     let mut writer = stream.try_clone().unwrap();
     let mut replies = BufReader::new(stream);
     let mut slowest = Duration::ZERO;
+    let pinging = Instant::now();
     for n in 0..PINGS {
         let body = format!(r#"{{"status":"{n:04}{status}"}}"#);
         let request = format!(
@@ -198,6 +231,7 @@ fn subscribers_that_stop_reading_slow_no_ping_and_no_other_subscriber() {
         assert_eq!(reply.status, 200);
         slowest = slowest.max(started.elapsed());
     }
+    let pinged_in = pinging.elapsed();
     assert_eq!(
         reading.join().unwrap(),
         PINGS,
@@ -208,14 +242,75 @@ fn subscribers_that_stop_reading_slow_no_ping_and_no_other_subscriber() {
         "slowest ping took {slowest:?}"
     );
 
-    // The stalled ones are still connected, yet their threads are gone: dropped as too slow,
-    // then released by the write timeout.
-    drop((writer, replies));
-    let released_in = heartbeat.wait_for_threads(baseline, Duration::from_secs(10));
-    drop(stalled);
+    // The stalled ones are still connected, yet their threads are gone: their writes did not
+    // finish within the write timeout (1 s), counted from when each write began.
+    support::wait_until(Duration::from_secs(3), || {
+        heartbeat.threads() <= baseline + 1
+    })
+    .unwrap();
+    stop.store(1, Ordering::Relaxed);
+    let (largest, released) = sampler.join().unwrap();
+    let released = released.expect("the stalled streams' threads ended");
+    assert!(
+        released <= Duration::from_secs(2),
+        "stalled threads gone {released:?} after the pings began, not within 1 s + 1 s"
+    );
+    assert!(
+        largest <= 2 * CAP,
+        "a stalled socket held {largest} bytes, over twice the {CAP}-byte cap"
+    );
+    drop((writer, replies, stalled));
     eprintln!(
-        "figure: slowest of {PINGS} 1 KiB pings with 20 stalled readers: {slowest:?}; \
-         threads back to baseline {released_in:?} after the last ping"
+        "figure: slowest of {PINGS} 1 KiB pings with 20 stalled readers: {slowest:?}; the \
+         stalled streams' threads gone {released:?} after the pings began (which took \
+         {pinged_in:?}); largest send queue of a stalled socket {largest} bytes (cap {CAP})"
+    );
+}
+
+#[test]
+fn a_thousand_streams_whose_clients_close_or_reset_are_freed_within_a_second() {
+    let heartbeat = Heartbeat::start("memory");
+    let (threads, fds) = (heartbeat.threads(), heartbeat.fds());
+    let streams: Vec<Sse> = (0..1000)
+        .map(|i| heartbeat.subscribe(&format!("/subscribe/gone{}", i % 50)))
+        .collect();
+    assert!(streams.iter().all(|s| s.head.status == 200));
+    assert!(heartbeat.threads() >= threads + 1000);
+    let open = |heartbeat: &Heartbeat| {
+        let metrics = heartbeat.get("/metrics").body;
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("heartbeat_streams "))
+            .and_then(|n| n.parse::<usize>().ok())
+            .expect("heartbeat_streams in /metrics")
+    };
+    assert_eq!(open(&heartbeat), 1000);
+
+    // Half close (FIN), half reset (RST: linger 0), all at once; keepalives are 25 s away.
+    let closed = Instant::now();
+    for (i, stream) in streams.into_iter().enumerate() {
+        if i % 2 == 0 {
+            socket2::SockRef::from(stream.socket())
+                .set_linger(Some(Duration::ZERO))
+                .unwrap();
+        }
+        drop(stream);
+    }
+    support::wait_until(Duration::from_secs(1), || {
+        open(&heartbeat) == 0 && heartbeat.threads() <= threads && heartbeat.fds() <= fds
+    })
+    .unwrap_or_else(|_| {
+        panic!(
+            "after 1 s: {} streams, {} threads (baseline {threads}), {} fds (baseline {fds})",
+            open(&heartbeat),
+            heartbeat.threads(),
+            heartbeat.fds()
+        )
+    });
+    eprintln!(
+        "figure: 1000 streams whose clients closed (500) or reset (500) at once: metric, \
+         threads and descriptors back to baseline {:?} after",
+        closed.elapsed()
     );
 }
 
@@ -258,9 +353,9 @@ fn slow_heads_get_408_and_idle_connections_are_closed() {
 #[test]
 fn over_the_connection_budget_new_connections_get_503_and_service_resumes() {
     // 64 descriptors: the budget leaves 32 for connections (16 reserved, 16 for the pool).
+    // Keepalives at their default (25 s): closed streams must be noticed without a write.
     let dir = support::TempDir::new("ulimit");
-    let heartbeat =
-        Heartbeat::launch_in_with_nofile(dir, &[("REDIS", "memory"), ("KEEPALIVE_SECS", "1")], 64);
+    let heartbeat = Heartbeat::launch_in_with_nofile(dir, &[("REDIS", "memory")], 64);
     assert!(
         heartbeat
             .logs()
@@ -277,19 +372,24 @@ fn over_the_connection_budget_new_connections_get_503_and_service_resumes() {
         assert!(reason.contains("connection limit"), "{reason}");
     }
     drop(streams);
-    // Closed streams are noticed at their next keepalive (1 s here); then all is served again.
-    support::wait_until(Duration::from_secs(5), || {
-        heartbeat
-            .request(b"GET /nope HTTP/1.1\r\nConnection: close\r\n\r\n")
-            .status
-            == 404
+    let closed = Instant::now();
+    // The hang-ups are noticed at once; pings and new streams are served within a second.
+    support::wait_until(Duration::from_secs(1), || {
+        heartbeat.ping("after", "1").status == 200
     })
-    .expect("served again once connections closed");
-    heartbeat.wait_for_threads(baseline, Duration::from_secs(5));
+    .expect("pings served within 1 s of the streams' clients closing");
     let again: Vec<Sse> = (0..30)
         .map(|i| heartbeat.subscribe(&format!("/subscribe/i{i}")))
         .collect();
+    let served_in = closed.elapsed();
     assert!(again.iter().all(|s| s.head.status == 200));
+    assert!(served_in < Duration::from_secs(1), "{served_in:?}");
+    drop(again);
+    heartbeat.wait_for_threads(baseline, Duration::from_secs(1));
+    eprintln!(
+        "figure: at RLIMIT_NOFILE=64, a ping and 30 new streams served {served_in:?} after \
+         32 streams' clients closed"
+    );
 }
 
 #[test]

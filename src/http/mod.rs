@@ -7,4 +7,4 @@ mod sse;
 
 pub use self::request::{ReadError, Request, RequestReader, Timeouts, Transport};
 pub use self::response::Response;
-pub use self::sse::EventStream;
+pub use self::sse::{DeadlineWriter, EventStream};

@@ -1,8 +1,72 @@
 //! Server-Sent Events framing: the `200` head, then one chunk per event or keepalive, and
-//! the zero-length chunk that ends a stream.
+//! the zero-length chunk that ends a stream; and the socket writer that gives each of those
+//! writes a deadline.
 
 use std::fmt::Write as _;
 use std::io::{self, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+/// Writes to a stream socket, failing a write not done `timeout` after it began however many
+/// partial writes it took. (A socket's own write timeout starts again at every partial write:
+/// a client reading a few bytes now and then could hold its thread for ever.)
+pub struct DeadlineWriter<'a> {
+    socket: &'a TcpStream,
+    timeout: Duration,
+    /// Whether the socket's timeout was cut short for the rest of a write, and must be set
+    /// back before the next.
+    shortened: bool,
+}
+
+impl<'a> DeadlineWriter<'a> {
+    /// A writer on `socket`, whose write timeout must already be `timeout`.
+    pub fn new(socket: &'a TcpStream, timeout: Duration) -> DeadlineWriter<'a> {
+        DeadlineWriter {
+            socket,
+            timeout,
+            shortened: false,
+        }
+    }
+}
+
+impl Write for DeadlineWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        (&*self.socket).write(buf)
+    }
+
+    fn write_all(&mut self, mut buf: &[u8]) -> io::Result<()> {
+        let began = Instant::now();
+        if self.shortened {
+            self.socket.set_write_timeout(Some(self.timeout))?;
+            self.shortened = false;
+        }
+        while !buf.is_empty() {
+            match (&*self.socket).write(buf) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => buf = &buf[n..],
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            if !buf.is_empty() {
+                // A partial write: the rest gets only what is left of the timeout.
+                let left = self
+                    .timeout
+                    .checked_sub(began.elapsed())
+                    .filter(|left| !left.is_zero())
+                    .ok_or_else(|| {
+                        io::Error::new(io::ErrorKind::TimedOut, "the client stopped reading")
+                    })?;
+                self.socket.set_write_timeout(Some(left))?;
+                self.shortened = true;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
 
 /// An open Server-Sent Events response. Each event or keepalive is one chunk, written in one
 /// write (the socket is unbuffered, so it leaves at once). HTTP/1.0 clients get the events
@@ -113,5 +177,50 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("Connection: close\r\n\r\nid: 1\ndata: {}\n\n"));
         assert!(!text.contains("chunked"));
+    }
+
+    #[test]
+    fn a_write_gets_its_timeout_once_however_many_partial_writes_it_takes() {
+        use std::io::Read;
+        use std::net::TcpListener;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let server = listener.accept().unwrap().0;
+        socket2::SockRef::from(&server)
+            .set_send_buffer_size(4096)
+            .unwrap();
+        // A client that reads a little now and then: each read lets a partial write through.
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let trickle = {
+            let done = std::sync::Arc::clone(&done);
+            std::thread::spawn(move || {
+                let mut buf = [0; 1024];
+                let mut read = 0;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    match client.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => read += n,
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                read
+            })
+        };
+        let timeout = Duration::from_millis(500);
+        server.set_write_timeout(Some(timeout)).unwrap();
+        let mut out = DeadlineWriter::new(&server, timeout);
+        let started = Instant::now();
+        let result = out.write_all(&vec![b'x'; 4 << 20]);
+        let took = started.elapsed();
+        assert!(
+            result.is_err(),
+            "4 MiB at about 50 KiB/s cannot be written in 0.5 s"
+        );
+        assert!(
+            took < Duration::from_millis(900),
+            "failed only after {took:?}"
+        );
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(trickle.join().unwrap() > 0, "partial writes went through");
     }
 }

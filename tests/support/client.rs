@@ -119,6 +119,11 @@ impl Sse {
         }
     }
 
+    /// The socket under the stream.
+    pub fn socket(&self) -> &TcpStream {
+        self.reader.get_ref()
+    }
+
     /// The next item within `timeout`, or `None`.
     pub fn next(&mut self, timeout: Duration) -> Option<SseItem> {
         let deadline = Instant::now() + timeout;
@@ -282,4 +287,26 @@ pub fn stalled_subscriber(addr: SocketAddr, path: &str) -> TcpStream {
     let mut stream: TcpStream = socket.into();
     write!(stream, "GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
     stream
+}
+
+/// The largest send queue (bytes not yet acknowledged) among the server's sockets on `port`
+/// whose peers are the local `clients` ports, as `ss -tn` reports it.
+pub fn largest_send_queue(port: u16, clients: &[u16]) -> usize {
+    let out = std::process::Command::new("ss")
+        .args(["-tnH", "state", "all", &format!("( sport = :{port} )")])
+        .output()
+        .expect("run ss (iproute2)");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            // State Recv-Q Send-Q Local:Port Peer:Port
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let peer_port: u16 = fields.get(4)?.rsplit(':').next()?.parse().ok()?;
+            clients
+                .contains(&peer_port)
+                .then(|| fields.get(2)?.parse::<usize>().ok())
+                .flatten()
+        })
+        .max()
+        .unwrap_or(0)
 }
