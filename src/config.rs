@@ -40,6 +40,57 @@ pub struct Config {
     pub max_connections: Option<usize>,
     /// Which browser origins may call the API.
     pub cors: Cors,
+    /// Which peers may send `X-User-Claim`.
+    pub trusted_proxies: TrustedProxies,
+}
+
+/// The peers whose `X-User-Claim` is believed (`TRUSTED_PROXIES`): addresses and CIDR ranges.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TrustedProxies(Vec<(std::net::IpAddr, u8)>);
+
+impl TrustedProxies {
+    /// No list: any peer may claim any user.
+    pub fn is_unset(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether `peer` may send a claim: always when no list is set.
+    pub fn trusts(&self, peer: Option<std::net::IpAddr>) -> bool {
+        if self.is_unset() {
+            return true;
+        }
+        let Some(peer) = peer.map(|p| p.to_canonical()) else {
+            return false;
+        };
+        self.0.iter().any(|&(net, len)| in_range(peer, net, len))
+    }
+}
+
+impl fmt::Display for TrustedProxies {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ranges: Vec<String> = self
+            .0
+            .iter()
+            .map(|(ip, len)| format!("{ip}/{len}"))
+            .collect();
+        f.write_str(&ranges.join(", "))
+    }
+}
+
+/// Whether `ip` is in `net/len` (both of one family).
+fn in_range(ip: std::net::IpAddr, net: std::net::IpAddr, len: u8) -> bool {
+    use std::net::IpAddr::{V4, V6};
+    match (ip, net) {
+        (V4(ip), V4(net)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+            u32::from(ip) & mask == u32::from(net) & mask
+        }
+        (V6(ip), V6(net)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+            u128::from(ip) & mask == u128::from(net) & mask
+        }
+        _ => false,
+    }
 }
 
 /// Cross-origin access for browsers (`CORS_ORIGINS`).
@@ -149,6 +200,7 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("IDLE_TIMEOUT_SECS", "120"),
     ("SUBSCRIBER_QUEUE", "1024"),
     ("MAX_CONNECTIONS", ""),
+    ("TRUSTED_PROXIES", ""),
     ("CORS_ORIGINS", ""),
 ];
 
@@ -216,6 +268,7 @@ impl Config {
             idle_timeout: vars.seconds("IDLE_TIMEOUT_SECS")?,
             subscriber_queue: vars.number("SUBSCRIBER_QUEUE", 1, 65_536)?,
             cors: vars.parse("CORS_ORIGINS", parse_cors, CORS_EXPECTED)?,
+            trusted_proxies: vars.parse("TRUSTED_PROXIES", parse_trusted, TRUSTED_EXPECTED)?,
             max_connections: match vars.value("MAX_CONNECTIONS").trim() {
                 "" => None,
                 _ => Some(vars.number("MAX_CONNECTIONS", 1, 10_000_000)?),
@@ -228,6 +281,8 @@ const LISTEN_EXPECTED: &str = "host:port, :port or [v6]:port";
 const REDIS_EXPECTED: &str = "host:port, :port, redis://[user:pass@]host:port[/db] or memory";
 const PREFIX_EXPECTED: &str = "printable ASCII without spaces, at most 64 bytes";
 const LEVEL_EXPECTED: &str = "one of off, error, warn, info, debug, trace";
+const TRUSTED_EXPECTED: &str =
+    "empty, or a comma-separated list of addresses and CIDR ranges like 10.0.0.0/8, ::1";
 const CORS_EXPECTED: &str =
     "empty, * or a comma-separated list of origins like https://app.example.com";
 
@@ -345,6 +400,34 @@ fn parse_store(value: &str) -> Option<StoreConfig> {
 fn parse_prefix(value: &str) -> Option<String> {
     let ok = value.len() <= 64 && value.bytes().all(|b| b.is_ascii_graphic());
     ok.then(|| value.to_owned())
+}
+
+fn parse_trusted(value: &str) -> Option<TrustedProxies> {
+    if value.is_empty() {
+        return Some(TrustedProxies::default());
+    }
+    let ranges = value.split(',').map(|item| {
+        let item = item.trim();
+        let (ip, len) = match item.split_once('/') {
+            Some((ip, len)) => (ip, Some(len)),
+            None => (item, None),
+        };
+        let ip: std::net::IpAddr = ip.parse().ok()?;
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        let len = match len {
+            None => max,
+            Some(len) => len.parse::<u8>().ok().filter(|l| *l <= max)?,
+        };
+        Some((
+            ip.to_canonical(),
+            if ip.is_ipv6() && ip.to_canonical().is_ipv4() {
+                len.saturating_sub(96)
+            } else {
+                len
+            },
+        ))
+    });
+    ranges.collect::<Option<Vec<_>>>().map(TrustedProxies)
 }
 
 fn parse_cors(value: &str) -> Option<Cors> {
@@ -547,6 +630,31 @@ mod tests {
             "https://*.example",
         ] {
             assert!(cors(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_and_ranges_of_either_family() {
+        let trusted = |v: &str| config(&[("TRUSTED_PROXIES", v)]).map(|c| c.trusted_proxies);
+        let none = trusted("").unwrap();
+        assert!(none.is_unset() && none.trusts(None));
+        let list = trusted("10.1.0.0/16, 192.168.1.7,fd00::/8").unwrap();
+        let ip = |s: &str| Some(s.parse().unwrap());
+        assert!(list.trusts(ip("10.1.200.3")));
+        assert!(
+            list.trusts(ip("::ffff:10.1.0.1")),
+            "IPv4 seen on a dual-stack socket"
+        );
+        assert!(list.trusts(ip("192.168.1.7")));
+        assert!(list.trusts(ip("fd12::1")));
+        assert!(!list.trusts(ip("10.2.0.1")));
+        assert!(!list.trusts(ip("192.168.1.8")));
+        assert!(!list.trusts(ip("fe80::1")));
+        assert!(!list.trusts(None));
+        assert!(trusted("0.0.0.0/0").unwrap().trusts(ip("8.8.8.8")));
+        for bad in ["10.0.0.0/33", "nope", "10.0.0.0/", "1.2.3.4,,", "::1/129"] {
+            let err = trusted(bad).unwrap_err().to_string();
+            assert!(err.contains("TRUSTED_PROXIES"), "{bad}: {err}");
         }
     }
 

@@ -162,6 +162,7 @@ pub fn run() -> Result<(), Error> {
                 metrics: Arc::clone(&metrics),
                 limits: config.limits,
                 cors: config.cors.clone(),
+                trusted: config.trusted_proxies.clone(),
             },
             streams,
             metrics,
@@ -176,6 +177,14 @@ pub fn run() -> Result<(), Error> {
     let addr = server.local_addr().map_err(setup("listening address"))?;
     if config.cors != config::Cors::Off {
         log::info!("CORS: allowing {:?}", config.cors);
+    }
+    if config.trusted_proxies.is_unset() {
+        log::warn!(
+            "TRUSTED_PROXIES is not set: any caller that reaches this port can claim to be any \
+             user; set it to the reverse proxy's addresses"
+        );
+    } else {
+        log::info!("X-User-Claim accepted from {}", config.trusted_proxies);
     }
     workers.push(signal_worker(server.stopper())?);
     log::info!(

@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use crate::config::{Cors, Limits};
+use std::net::IpAddr;
+
+use crate::config::{Cors, Limits, TrustedProxies};
 use crate::http::{Request, Response};
 use crate::ids;
 use crate::metrics::{Metrics, Readings};
@@ -27,10 +29,20 @@ pub struct Routes {
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
     pub cors: Cors,
+    pub trusted: TrustedProxies,
 }
 
 impl Routes {
-    pub fn handle(&self, request: &Request) -> Outcome {
+    /// Answers `request`, which came from `peer` (`None` if unknown).
+    pub fn handle(&self, request: &Request, peer: Option<IpAddr>) -> Outcome {
+        if request.header("x-user-claim").is_some() && !self.trusted.trusts(peer) {
+            let peer = peer.map_or("an unknown peer".into(), |p| p.to_string());
+            log::debug!("refused an X-User-Claim from {peer}");
+            return Outcome::Respond(Response::text(
+                403,
+                &format!("X-User-Claim is accepted only from TRUSTED_PROXIES, not from {peer}"),
+            ));
+        }
         let method = request.method.as_str();
         let route = route(request, &self.limits);
         let cors = matches!(
@@ -297,6 +309,7 @@ mod tests {
             metrics,
             limits: Limits::default(),
             cors,
+            trusted: TrustedProxies::default(),
         };
         (routes, store)
     }
@@ -320,14 +333,14 @@ mod tests {
     }
 
     fn respond(routes: &Routes, request: Request) -> Response {
-        match routes.handle(&request) {
+        match routes.handle(&request, None) {
             Outcome::Respond(response) => response,
             other => panic!("expected a response, got {other:?}"),
         }
     }
 
     fn subscribe(target: &str) -> Outcome {
-        routes().0.handle(&request("GET", target, None, ""))
+        routes().0.handle(&request("GET", target, None, ""), None)
     }
 
     const CLAIM: &str = r#"{"userid":"u1","clientid":"c1"}"#;
@@ -424,15 +437,15 @@ mod tests {
         request
             .headers
             .push(("Last-Event-ID".into(), b"1700000000000001".to_vec()));
-        let Outcome::Subscribe(subscribe) = routes.handle(&request) else {
+        let Outcome::Subscribe(subscribe) = routes.handle(&request, None) else {
             panic!("a stream");
         };
         assert_eq!(subscribe.after, 1_700_000_000_000_001);
         request.headers.last_mut().unwrap().1 = b"".to_vec();
-        assert!(matches!(routes.handle(&request), Outcome::Subscribe(s) if s.after == 0));
+        assert!(matches!(routes.handle(&request, None), Outcome::Subscribe(s) if s.after == 0));
         request.target = "/subscribe/a".into();
         request.headers.last_mut().unwrap().1 = b"abc".to_vec();
-        let Outcome::Respond(refused) = routes.handle(&request) else {
+        let Outcome::Respond(refused) = routes.handle(&request, None) else {
             panic!("refused");
         };
         assert_eq!(refused.status, 400);
@@ -567,9 +580,10 @@ mod tests {
         );
         assert_eq!(refused.status, 403);
 
-        let Outcome::Subscribe(subscribe) =
-            routes.handle(&with_origin(request("GET", "/subscribe/u", None, ""), app))
-        else {
+        let Outcome::Subscribe(subscribe) = routes.handle(
+            &with_origin(request("GET", "/subscribe/u", None, ""), app),
+            None,
+        ) else {
             panic!("a stream");
         };
         assert!(

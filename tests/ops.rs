@@ -154,6 +154,44 @@ fn cors_allows_the_configured_origin_on_pings_preflights_and_streams() {
 }
 
 #[test]
+fn only_trusted_proxies_may_claim_a_user_when_they_are_set() {
+    let redis = Redis::start();
+    let open = Heartbeat::start(&redis.addr());
+    assert!(
+        open.logs().contains("TRUSTED_PROXIES is not set"),
+        "the start warns:\n{}",
+        open.logs()
+    );
+    let elsewhere = Heartbeat::start_with(&[
+        ("REDIS", &redis.addr()),
+        ("TRUSTED_PROXIES", "10.9.9.9, 192.168.0.0/16"),
+    ]);
+    let reason = elsewhere
+        .ping("mallory", "1")
+        .assert_refused(403)
+        .to_owned();
+    assert!(reason.contains("TRUSTED_PROXIES"), "{reason}");
+    assert!(reason.contains("127.0.0.1"), "names the peer: {reason}");
+    let status = open.get("/status?user=mallory");
+    assert_eq!(
+        status.body.trim(),
+        r#"{"mallory":null}"#,
+        "nothing was stored"
+    );
+    // A request without a claim is not refused.
+    assert_eq!(elsewhere.get("/status?user=mallory").status, 200);
+
+    let local =
+        Heartbeat::start_with(&[("REDIS", &redis.addr()), ("TRUSTED_PROXIES", "127.0.0.0/8")]);
+    local.ping("alice", "1").assert_ok();
+    assert!(
+        local
+            .logs()
+            .contains("X-User-Claim accepted from 127.0.0.0/8")
+    );
+}
+
+#[test]
 fn info_logs_have_no_line_per_request() {
     let (_redis, heartbeat) = heartbeat_on_redis();
     let before = heartbeat.logs().lines().count();

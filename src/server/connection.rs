@@ -33,6 +33,7 @@ pub fn serve(stream: TcpStream, shared: &Shared) {
         log::warn!("cannot set a write timeout, dropping the connection: {e}");
         return;
     }
+    let peer = stream.peer_addr().ok().map(|a| a.ip());
     let mut stream = stream;
     let mut reader = RequestReader::new();
     let limits = shared.routes.limits;
@@ -49,7 +50,7 @@ pub fn serve(stream: TcpStream, shared: &Shared) {
             }
         };
         let keep_alive = request.keep_alive();
-        match shared.routes.handle(&request) {
+        match shared.routes.handle(&request, peer) {
             Outcome::Respond(response) => {
                 if response.write_to(&mut stream, keep_alive).is_err() || !keep_alive {
                     return;
