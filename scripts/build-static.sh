@@ -1,15 +1,12 @@
 #!/usr/bin/env bash
-# Builds a statically linked release heartbeat on this machine, with no Docker engine, and
-# checks that it has no dynamic dependencies. Prints the binary's path on stdout.
-#
-# This is glibc linked statically (+crt-static), which resolves numeric addresses only; the
-# Dockerfile builds with musl, which also resolves host names such as "redis" in a scratch
-# image.
+# Builds the binary that ships: release, static, for x86_64-unknown-linux-musl, the target
+# and flags the Dockerfile builds with (its rust:alpine host is that target), and checks it
+# has no dynamic dependencies. Prints the binary's path on stdout.
+# Needs the target: rustup target add x86_64-unknown-linux-musl (.ci/run adds it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-target=$(rustc -vV | sed -n 's/^host: //p')
-RUSTFLAGS='-C target-feature=+crt-static' \
-  cargo build --release --locked --target "$target" --target-dir target/static >&2
+target=x86_64-unknown-linux-musl
+cargo build --release --locked -p heartbeat --target "$target" --target-dir target/static >&2
 bin="target/static/$target/release/heartbeat"
 
 if readelf -l "$bin" | grep -q 'INTERP'; then

@@ -192,6 +192,56 @@ fn only_trusted_proxies_may_claim_a_user_when_they_are_set() {
 }
 
 #[test]
+fn the_static_binary_runs_alone_in_an_empty_root_as_uid_10001_reaching_redis_by_name() {
+    let binary = support::binary();
+    if !support::is_static(&binary) {
+        // `cargo test` alone runs the debug build, which needs the host's libraries; CI runs
+        // the suite against the musl build that ships (HEARTBEAT_BIN), and so this test.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must test the static binary: {binary:?} is dynamically linked"
+        );
+        eprintln!("skipped: {binary:?} is not static; set HEARTBEAT_BIN to the musl build");
+        return;
+    }
+    let redis = Redis::start();
+    let dir = support::TempDir::new("scratch");
+    let heartbeat = Heartbeat::launch_in_empty_root(
+        dir,
+        &[("REDIS", &format!("redis-box:{}", redis.port))],
+        "127.0.0.1 localhost\n127.0.0.1 redis-box\n",
+    );
+    heartbeat.wait_for_log("redis subscription up");
+    assert!(
+        heartbeat
+            .logs()
+            .contains("store: redis at redis://redis-box:")
+    );
+
+    // It runs as uid 10001: the child of unshare, in the host's view.
+    let uid = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| std::fs::read_to_string(entry.ok()?.path().join("status")).ok())
+        .find(|status| {
+            status.lines().any(|l| {
+                l.split_whitespace()
+                    .eq(["PPid:", &heartbeat.pid().to_string()])
+            })
+        })
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("Uid:"))?.to_owned();
+            line.split_whitespace().nth(1).map(str::to_owned)
+        });
+    assert_eq!(uid.as_deref(), Some("10001"));
+
+    heartbeat.ping("scratch", "1").assert_ok();
+    let mut stream = heartbeat.subscribe("/subscribe?user=scratch");
+    let (_, (user, _, status)) = stream.expect_user_ping(SOON);
+    assert_eq!((user.as_str(), status.as_str()), ("scratch", "1"));
+    assert_eq!(heartbeat.get("/healthz").status, 200);
+}
+
+#[test]
 fn info_logs_have_no_line_per_request() {
     let (_redis, heartbeat) = heartbeat_on_redis();
     let before = heartbeat.logs().lines().count();

@@ -36,16 +36,23 @@ impl Heartbeat {
 
     /// Starts in `dir` and waits only until it listens (Redis may be down).
     pub fn launch_in(dir: TempDir, env: &[(&str, &str)]) -> Heartbeat {
-        Heartbeat::launch(dir, env, None)
+        Heartbeat::launch(dir, env, &Launch::Direct)
     }
 
     /// Like `launch_in`, with the descriptor limit (`RLIMIT_NOFILE`) set to `nofile`.
     pub fn launch_in_with_nofile(dir: TempDir, env: &[(&str, &str)], nofile: u32) -> Heartbeat {
-        Heartbeat::launch(dir, env, Some(nofile))
+        Heartbeat::launch(dir, env, &Launch::Nofile(nofile))
     }
 
-    fn launch(dir: TempDir, env: &[(&str, &str)], nofile: Option<u32>) -> Heartbeat {
-        let (child, log) = spawn_heartbeat(&dir.0, env, nofile);
+    /// Like `launch_in`, the way a `FROM scratch` image runs it: alone in an empty root (the
+    /// binary, the repository's `.env` and an `etc/hosts` of `hosts`), as uid 10001, in a
+    /// PID namespace of its own with `/proc` mounted. Needs root, and a static binary.
+    pub fn launch_in_empty_root(dir: TempDir, env: &[(&str, &str)], hosts: &str) -> Heartbeat {
+        Heartbeat::launch(dir, env, &Launch::EmptyRoot(hosts.to_owned()))
+    }
+
+    fn launch(dir: TempDir, env: &[(&str, &str)], how: &Launch) -> Heartbeat {
+        let (child, log) = spawn_heartbeat(&dir.0, env, how);
         let mut heartbeat = Heartbeat {
             child,
             addr: "127.0.0.1:0".parse().unwrap(),
@@ -231,17 +238,36 @@ pub fn binary() -> PathBuf {
     }
 }
 
-/// Starts the binary in `dir` (so no `.env` of the repository applies), logging to a file,
-/// with the descriptor limit set to `nofile` if given.
-fn spawn_heartbeat(dir: &Path, env: &[(&str, &str)], nofile: Option<u32>) -> (Child, PathBuf) {
+/// How the binary is started.
+enum Launch {
+    Direct,
+    /// Under `prlimit --nofile=N`.
+    Nofile(u32),
+    /// In an empty root with this `etc/hosts`.
+    EmptyRoot(String),
+}
+
+/// Starts the binary in `dir` (so no `.env` of the repository applies), logging to a file.
+fn spawn_heartbeat(dir: &Path, env: &[(&str, &str)], how: &Launch) -> (Child, PathBuf) {
     let log = dir.join("heartbeat.log");
     let log_file = std::fs::File::create(&log).expect("create the log file");
     let binary = binary();
-    let mut command = match nofile {
-        None => Command::new(&binary),
-        Some(n) => {
+    let mut command = match how {
+        Launch::Direct => Command::new(&binary),
+        Launch::Nofile(n) => {
             let mut c = Command::new("prlimit");
             c.arg(format!("--nofile={n}:{n}")).arg("--").arg(&binary);
+            c
+        }
+        Launch::EmptyRoot(hosts) => {
+            let root = empty_root(dir, &binary, hosts);
+            let mut c = Command::new("unshare");
+            c.args(["--pid", "--fork", "--kill-child"])
+                .arg(format!("--mount-proc={}", root.join("proc").display()))
+                .arg(on_path("chroot"))
+                .arg("--userspec=10001:10001")
+                .arg(&root)
+                .arg("/heartbeat");
             c
         }
     };
@@ -256,6 +282,51 @@ fn spawn_heartbeat(dir: &Path, env: &[(&str, &str)], nofile: Option<u32>) -> (Ch
         command.env(k, v);
     }
     (command.spawn().expect("start heartbeat"), log)
+}
+
+/// `dir/root`, holding only what the image holds: the binary, `.env`, `etc/hosts`, and an
+/// empty `proc` to mount on.
+fn empty_root(dir: &Path, binary: &Path, hosts: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let root = dir.join("root");
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::create_dir_all(root.join("proc")).unwrap();
+    std::fs::copy(binary, root.join("heartbeat")).expect("copy the binary");
+    let dotenv = concat!(env!("CARGO_MANIFEST_DIR"), "/.env");
+    std::fs::copy(dotenv, root.join(".env")).expect("copy .env");
+    std::fs::write(root.join("etc/hosts"), hosts).unwrap();
+    for (path, mode) in [
+        ("", 0o755),
+        ("etc", 0o755),
+        ("heartbeat", 0o755),
+        (".env", 0o644),
+    ] {
+        let permissions = std::fs::Permissions::from_mode(mode);
+        std::fs::set_permissions(root.join(path), permissions).unwrap();
+    }
+    // The temp dir is the test's own, made with the default mode; the user must reach root.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    root
+}
+
+/// Where `program` is on this process's `PATH` (the child's environment is cleared).
+fn on_path(program: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| panic!("{program} is not on PATH"))
+}
+
+/// Whether `binary` is statically linked (asks for no program interpreter), as the image
+/// needs.
+pub fn is_static(binary: &Path) -> bool {
+    let out = Command::new("readelf")
+        .arg("-l")
+        .arg(binary)
+        .output()
+        .expect("run readelf (binutils)");
+    out.status.success() && !String::from_utf8_lossy(&out.stdout).contains("INTERP")
 }
 
 /// The `KEY_PREFIX` tests run heartbeat with, unless they set their own.
