@@ -20,6 +20,9 @@ pub struct Config {
     pub key_prefix: String,
     /// Silence after which a stream gets a `:` comment line.
     pub keepalive: Duration,
+    /// How long a stream lasts before the server ends it (the client reconnects); `None`:
+    /// for ever.
+    pub max_stream: Option<Duration>,
     pub log_level: LevelFilter,
     pub limits: Limits,
     /// Connect, read and write timeout of every Redis connection.
@@ -186,6 +189,7 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("REDIS", ":6379"),
     ("KEY_PREFIX", "heartbeat:"),
     ("KEEPALIVE_SECS", "25"),
+    ("MAX_STREAM_SECS", "0"),
     ("LOG_LEVEL", "info"),
     ("MAX_ID_BYTES", "256"),
     ("MAX_STATUS_BYTES", "1024"),
@@ -258,6 +262,10 @@ impl Config {
             store: vars.parse("REDIS", parse_store, REDIS_EXPECTED)?,
             key_prefix: vars.parse("KEY_PREFIX", parse_prefix, PREFIX_EXPECTED)?,
             keepalive: vars.seconds("KEEPALIVE_SECS")?,
+            max_stream: match vars.number("MAX_STREAM_SECS", 0, 30 * 86_400)? {
+                0 => None,
+                secs => Some(Duration::from_secs(secs)),
+            },
             log_level: vars.parse("LOG_LEVEL", parse_level, LEVEL_EXPECTED)?,
             limits,
             redis_timeout: Duration::from_millis(vars.number("REDIS_TIMEOUT_MS", 10, 60_000)?),

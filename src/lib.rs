@@ -142,6 +142,7 @@ pub fn run() -> Result<(), Error> {
     workers.push(worker);
     let writing = Writing {
         keepalive: config.keepalive,
+        max_stream: config.max_stream,
         timeout: config.write_timeout,
         send_buffer: config.stream_send_buffer,
     };

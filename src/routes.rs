@@ -299,6 +299,7 @@ mod tests {
         let (hangups, _) = crate::hangup::Hangups::start().unwrap();
         let writing = Writing {
             keepalive: Duration::from_secs(25),
+            max_stream: None,
             timeout: Duration::from_secs(10),
             send_buffer: 65536,
         };

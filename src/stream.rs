@@ -45,6 +45,8 @@ pub enum Form {
 pub struct Writing {
     /// Silence after which a stream gets a `:` comment line.
     pub keepalive: Duration,
+    /// When set, a stream ends (cleanly, with the last chunk) this long after it began.
+    pub max_stream: Option<Duration>,
     /// An event's write not done this long after it began ends the stream.
     pub timeout: Duration,
     /// Each stream socket's kernel send buffer (`SO_SNDBUF`; the kernel doubles it for its
@@ -105,13 +107,7 @@ impl Streams {
         let out = DeadlineWriter::new(socket, self.writing.timeout);
         let result = EventStream::start(out, minor_version, &subscribe.headers).and_then(|out| {
             log::debug!("stream of {who} opened");
-            pump(
-                out,
-                &subscriber,
-                &subscribe,
-                self.writing.keepalive,
-                &self.metrics,
-            )
+            pump(out, &subscriber, &subscribe, &self.writing, &self.metrics)
         });
         match result {
             Ok(()) => log::debug!("stream of {who} ended"),
@@ -169,13 +165,19 @@ fn pump<W: Write>(
     mut out: EventStream<W>,
     subscriber: &Subscriber,
     subscribe: &Subscribe,
-    keepalive: Duration,
+    writing: &Writing,
     metrics: &Metrics,
 ) -> io::Result<()> {
+    let keepalive = writing.keepalive;
     let mut sent = vec![subscribe.after; subscriber.user_count()];
     let mut last_write = Instant::now();
+    let end = writing.max_stream.map(|max| last_write + max);
     loop {
-        match subscriber.wait(last_write + keepalive) {
+        if end.is_some_and(|end| Instant::now() >= end) {
+            return out.finish();
+        }
+        let wake = (last_write + keepalive).min(end.unwrap_or(last_write + keepalive));
+        match subscriber.wait(wake) {
             Ok((index, event)) if event.seq > sent[index as usize] => {
                 match subscribe.form {
                     Form::Single => out.event(event.seq, &event.without_user())?,
@@ -187,7 +189,7 @@ fn pump<W: Write>(
             }
             Ok(_) => {} // not newer than what was sent
             Err(WaitError::Timeout) => {
-                if last_write.elapsed() >= keepalive {
+                if last_write.elapsed() >= keepalive && end.is_none_or(|end| Instant::now() < end) {
                     out.keepalive()?;
                     last_write = Instant::now();
                 }
@@ -263,6 +265,39 @@ mod tests {
         }
     }
 
+    fn writing(keepalive_secs: u64, max_stream: Option<Duration>) -> Writing {
+        Writing {
+            keepalive: Duration::from_secs(keepalive_secs),
+            max_stream,
+            timeout: Duration::from_secs(10),
+            send_buffer: 65536,
+        }
+    }
+
+    #[test]
+    fn a_stream_ends_cleanly_at_its_maximum_age_with_keepalives_before() {
+        let hub = Hub::new(4);
+        let request = subscribe(&["u"], Form::Single, 0);
+        let sub = hub.subscribe(&request.users);
+        hub.publish("u", event("u", 1));
+        let mut out = Vec::new();
+        let stream = EventStream::start(&mut out, 1, &[]).unwrap();
+        let mut limited = writing(0, Some(Duration::from_millis(150)));
+        limited.keepalive = Duration::from_millis(40);
+        let started = Instant::now();
+        pump(stream, &sub, &request, &limited, &Metrics::default()).unwrap();
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(150) && took < Duration::from_millis(500),
+            "{took:?}"
+        );
+        let (events, finished) = events_written(&out);
+        assert_eq!(events.len(), 1);
+        assert!(finished, "ended with the last chunk");
+        let keepalives = String::from_utf8_lossy(&out).matches(":\n\n").count();
+        assert!((2..=4).contains(&keepalives), "{keepalives} keepalives");
+    }
+
     /// Runs a stream of `request` over what the hub had queued for it, until the hub closes.
     fn written(hub: &Hub, sub: &Subscriber, request: &Subscribe) -> (Vec<(u64, String)>, bool) {
         hub.close();
@@ -272,7 +307,7 @@ mod tests {
             stream,
             sub,
             request,
-            Duration::from_secs(60),
+            &writing(60, None),
             &Metrics::default(),
         )
         .unwrap();
@@ -293,7 +328,7 @@ mod tests {
         let mut out = Vec::new();
         let metrics = Metrics::default();
         let stream = EventStream::start(&mut out, 1, &[]).unwrap();
-        pump(stream, &sub, &request, Duration::from_secs(60), &metrics).unwrap();
+        pump(stream, &sub, &request, &writing(60, None), &metrics).unwrap();
         let (events, finished) = events_written(&out);
         assert_eq!(
             events,
@@ -353,8 +388,9 @@ mod tests {
         };
         let mut out = Vec::new();
         let stream = EventStream::start(&mut out, 1, &[]).unwrap();
-        let keepalive = Duration::from_millis(20);
-        pump(stream, &sub, &request, keepalive, &Metrics::default()).unwrap();
+        let mut keepalive = writing(0, None);
+        keepalive.keepalive = Duration::from_millis(20);
+        pump(stream, &sub, &request, &keepalive, &Metrics::default()).unwrap();
         closer.join().unwrap();
         let keepalives = String::from_utf8_lossy(&out)
             .matches("3\r\n:\n\n\r\n")
