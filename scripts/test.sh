@@ -2,12 +2,14 @@
 # Runs every check the way CI does: formatting and lints first (so a red lint never lands),
 # a CI-sized benchmark run (so the tool cannot rot), then builds the static musl release
 # binary (the one that ships) and runs the whole suite against it (HEARTBEAT_BIN), the curl
-# smoke script, the Chromium test and the empty-root test included. Needs redis-server,
-# redis-benchmark, wrk, chromium and the musl target (`.ci/run` installs them).
+# smoke script, the Chromium test, the empty-root test and the OpenAPI contract (schemathesis,
+# installed pinned into target/schemathesis) included. Needs redis-server, redis-benchmark,
+# wrk, chromium, the musl target (`.ci/run` installs them) and python3 with venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo fmt --all --check
 cargo clippy --locked --workspace --all-targets -- -D warnings
 scripts/bench.sh --quick
+scripts/install-schemathesis.sh
 bin=$(scripts/build-static.sh)
 HEARTBEAT_BIN="$bin" cargo test --locked
