@@ -4,12 +4,16 @@
 # binary (the one that ships) and runs the whole suite against it (HEARTBEAT_BIN), the curl
 # smoke script, the Chromium test, the empty-root test and the OpenAPI contract (schemathesis,
 # installed pinned into target/schemathesis) included. Needs redis-server, redis-benchmark,
-# wrk, chromium, the musl target (`.ci/run` installs them) and python3 with venv.
+# wrk, chromium, the musl target, cargo-fuzz (`.ci/run` installs them) and python3 with venv.
+# Before the suite, five seconds of each fuzz target.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo fmt --all --check
+cargo fmt --manifest-path fuzz/Cargo.toml --check
 cargo clippy --locked --workspace --all-targets -- -D warnings
 scripts/bench.sh --quick
 scripts/install-schemathesis.sh
 bin=$(scripts/build-static.sh)
+# A few seconds of each fuzz target, so they cannot rot (the long runs are by hand).
+scripts/fuzz.sh 5
 HEARTBEAT_BIN="$bin" cargo test --locked
