@@ -41,6 +41,9 @@ pub struct Event {
     data: String,
     /// Where `"time"` begins in `data`: `{` and what follows is the single-user form.
     time_at: usize,
+    /// Read from the store (a new stream's last pings, a resync), not just published: its
+    /// delivery lag is its age, not the service's latency.
+    pub cached: bool,
 }
 
 impl Event {
@@ -61,6 +64,7 @@ impl Event {
             seq: ping.seq,
             time_at: "{\"user\":".len() + user.len() + 1,
             data,
+            cached: false,
         }
     }
 

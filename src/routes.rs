@@ -134,7 +134,7 @@ impl Routes {
             feed_up: self.store.feed_up(),
         };
         Response::text(200, self.metrics.render(&readings).trim_end())
-            .with_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+            .with_header("Content-Type", crate::metrics::CONTENT_TYPE)
     }
 
     fn ping(&self, request: &Request) -> Response {

@@ -14,7 +14,8 @@ use socket2::SockRef;
 use crate::hangup::Hangups;
 use crate::http::{DeadlineWriter, EventStream};
 use crate::hub::{End, Hub, Subscriber, WaitError};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, StreamEnd};
+use crate::ping;
 use crate::store::cached::CachedReads;
 
 /// A request to watch users, as the routes parsed it.
@@ -105,14 +106,23 @@ impl Streams {
         subscribe.users = Vec::new();
         let who = Who(&subscriber, subscribe.client.as_deref().unwrap_or("-"));
         let out = DeadlineWriter::new(socket, self.writing.timeout);
+        let began = Instant::now();
         let result = EventStream::start(out, minor_version, &subscribe.headers).and_then(|out| {
             log::debug!("stream of {who} opened");
             pump(out, &subscriber, &subscribe, &self.writing, &self.metrics)
         });
-        match result {
-            Ok(()) => log::debug!("stream of {who} ended"),
-            Err(e) => log::debug!("stream of {who} closed: {e}"),
-        }
+        let end = match result {
+            Ok(end) => end,
+            Err(e) => {
+                log::debug!("stream of {who}: {e}");
+                match e.kind() {
+                    io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => StreamEnd::WriteTimeout,
+                    _ => StreamEnd::ClientGone,
+                }
+            }
+        };
+        log::debug!("stream of {who} ended: {end:?}");
+        self.metrics.stream_duration(end).observe(began.elapsed());
     }
 
     /// Streams open now.
@@ -167,14 +177,14 @@ fn pump<W: Write>(
     subscribe: &Subscribe,
     writing: &Writing,
     metrics: &Metrics,
-) -> io::Result<()> {
+) -> io::Result<StreamEnd> {
     let keepalive = writing.keepalive;
     let mut sent = vec![subscribe.after; subscriber.user_count()];
     let mut last_write = Instant::now();
     let end = writing.max_stream.map(|max| last_write + max);
     loop {
         if end.is_some_and(|end| Instant::now() >= end) {
-            return out.finish();
+            return out.finish().map(|()| StreamEnd::MaxAge);
         }
         let wake = (last_write + keepalive).min(end.unwrap_or(last_write + keepalive));
         match subscriber.wait(wake) {
@@ -186,6 +196,11 @@ fn pump<W: Write>(
                 sent[index as usize] = event.seq;
                 last_write = Instant::now();
                 Metrics::count(&metrics.events_delivered_total);
+                if !event.cached {
+                    let stored = Duration::from_micros(event.seq);
+                    let now = Duration::from_micros(ping::now_micros());
+                    metrics.delivery_lag.observe(now.saturating_sub(stored));
+                }
             }
             Ok(_) => {} // not newer than what was sent
             Err(WaitError::Timeout) => {
@@ -194,13 +209,13 @@ fn pump<W: Write>(
                     last_write = Instant::now();
                 }
             }
-            Err(WaitError::Ended(End::ClientGone)) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::ConnectionAborted,
-                    "the client hung up",
-                ));
+            Err(WaitError::Ended(End::ClientGone)) => return Ok(StreamEnd::ClientGone),
+            Err(WaitError::Ended(End::TooSlow)) => {
+                return out.finish().map(|()| StreamEnd::TooSlow);
             }
-            Err(WaitError::Ended(End::TooSlow | End::Shutdown)) => return out.finish(),
+            Err(WaitError::Ended(End::Shutdown)) => {
+                return out.finish().map(|()| StreamEnd::Shutdown);
+            }
         }
     }
 }

@@ -79,7 +79,7 @@ fn metrics_count_pings_streams_and_deliveries_in_prometheus_text() {
         reply
             .header("content-type")
             .unwrap()
-            .starts_with("text/plain; version=0.0.4")
+            .starts_with("application/openmetrics-text; version=1.0.0")
     );
     let value = |name: &str| -> u64 {
         let line = reply
@@ -151,6 +151,134 @@ fn cors_allows_the_configured_origin_on_pings_preflights_and_streams() {
         None,
         "off by default"
     );
+}
+
+/// The value of the sample `name` (with its labels) in `/metrics`, if present.
+fn sample(heartbeat: &Heartbeat, name: &str) -> Option<f64> {
+    let body = heartbeat.get("/metrics").body;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn histograms_count_pings_deliveries_redis_calls_and_stream_lifetimes() {
+    let (mut redis, heartbeat) = heartbeat_on_redis();
+    let count = |name: &str| sample(&heartbeat, name).unwrap_or_else(|| panic!("no {name}"));
+    let mut sse = heartbeat.subscribe("/subscribe/hist");
+    heartbeat.ping("hist", "1").assert_ok();
+    heartbeat.ping("hist", "2").assert_ok();
+    heartbeat.post_ping(None, "{}").assert_refused(400);
+    assert_eq!(sse.expect_ping(SOON).1, "1");
+    assert_eq!(sse.expect_ping(SOON).1, "2");
+    assert_eq!(heartbeat.get("/healthz").status, 200);
+    drop(sse);
+    support::wait_until(SOON, || {
+        sample(
+            &heartbeat,
+            "heartbeat_stream_duration_seconds_count{end=\"client_gone\"}",
+        ) == Some(1.0)
+    })
+    .expect("the stream's end is counted");
+
+    let ping = |outcome: &str| {
+        count(&format!(
+            "heartbeat_ping_duration_seconds_count{{outcome=\"{outcome}\"}}"
+        ))
+    };
+    let call = |call: &str| {
+        count(&format!(
+            "heartbeat_redis_call_duration_seconds_count{{call=\"{call}\"}}"
+        ))
+    };
+    assert_eq!(ping("stored"), 2.0);
+    assert_eq!(ping("refused"), 1.0);
+    assert_eq!(ping("unavailable"), 0.0);
+    assert_eq!(
+        count("heartbeat_delivery_lag_seconds_count"),
+        2.0,
+        "the two live events"
+    );
+    assert_eq!(call("record"), 2.0);
+    assert!(call("cached_read") >= 1.0, "the stream's cached read");
+    assert!(call("health") >= 1.0);
+    assert_eq!(
+        count("heartbeat_stream_duration_seconds_count{end=\"shutdown\"}"),
+        0.0
+    );
+    // Each histogram has its buckets (cumulative, ending at +Inf = count) and its sum.
+    for (family, labels) in [
+        ("heartbeat_ping_duration_seconds", "outcome=\"stored\""),
+        ("heartbeat_delivery_lag_seconds", ""),
+        ("heartbeat_redis_call_duration_seconds", "call=\"record\""),
+        ("heartbeat_stream_duration_seconds", "end=\"client_gone\""),
+    ] {
+        let with = |extra: &str| match (labels.is_empty(), extra.is_empty()) {
+            (true, true) => String::new(),
+            (true, false) => format!("{{{extra}}}"),
+            (false, true) => format!("{{{labels}}}"),
+            (false, false) => format!("{{{extra},{labels}}}"),
+        };
+        let total = count(&format!("{family}_count{}", with("")));
+        let inf = count(&format!("{family}_bucket{}", with("le=\"+Inf\"")));
+        assert_eq!(inf, total, "{family}");
+        assert!(
+            count(&format!("{family}_sum{}", with(""))) > 0.0,
+            "{family}"
+        );
+    }
+    let lag = count("heartbeat_delivery_lag_seconds_bucket{le=\"1.0\"}");
+    assert_eq!(lag, 2.0, "both delivered within a second of being stored");
+
+    redis.kill();
+    heartbeat.ping("hist", "3").assert_refused(503);
+    assert_eq!(ping("unavailable"), 1.0);
+}
+
+/// The metric names in a PromQL expression: every identifier that starts `heartbeat_`.
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find("heartbeat_") {
+        let name: String = rest[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        rest = &rest[at + name.len()..];
+        names.push(name);
+    }
+    names
+}
+
+#[test]
+fn the_grafana_dashboard_queries_only_metrics_that_metrics_exposes() {
+    let (_redis, heartbeat) = heartbeat_on_redis();
+    let exposed: std::collections::HashSet<String> = heartbeat
+        .get("/metrics")
+        .body
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| l.split(['{', ' ']).next().unwrap().to_owned())
+        .collect();
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana/heartbeat.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).expect("JSON");
+    let mut checked = 0;
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("an expr");
+            let names = metric_names(expr);
+            assert!(!names.is_empty(), "{expr} queries no heartbeat metric");
+            for name in names {
+                assert!(
+                    exposed.contains(&name),
+                    "panel {:?} queries {name}, which /metrics does not expose",
+                    panel["title"]
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 20, "{checked} metric references checked");
 }
 
 #[test]

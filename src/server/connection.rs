@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::http::{ReadError, RequestReader, Timeouts};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, PingOutcome};
 use crate::routes::{Outcome, Routes};
 use crate::stream::Streams;
 
@@ -49,10 +49,24 @@ pub fn serve(stream: TcpStream, shared: &Shared) {
                 return;
             }
         };
+        let read_at = Instant::now();
         let keep_alive = request.keep_alive();
+        let is_ping = request.method == "POST" && request.path() == "/ping";
         match shared.routes.handle(&request, peer) {
             Outcome::Respond(response) => {
-                if response.write_to(&mut stream, keep_alive).is_err() || !keep_alive {
+                let written = response.write_to(&mut stream, keep_alive);
+                if is_ping {
+                    let outcome = match response.status {
+                        200 => PingOutcome::Stored,
+                        503 => PingOutcome::Unavailable,
+                        _ => PingOutcome::Refused,
+                    };
+                    shared
+                        .metrics
+                        .ping_duration(outcome)
+                        .observe(read_at.elapsed());
+                }
+                if written.is_err() || !keep_alive {
                     return;
                 }
             }

@@ -159,8 +159,9 @@ fn deliver(hub: &Hub, batch: &Batch, pings: Vec<(String, crate::ping::LastPing)>
     let events: HashMap<String, Arc<Event>> = pings
         .into_iter()
         .map(|(user, ping)| {
-            let event = Arc::new(Event::new(&user, &ping));
-            (user, event)
+            let mut event = Event::new(&user, &ping);
+            event.cached = true;
+            (user, Arc::new(event))
         })
         .collect();
     for mailbox in &batch.streams {
@@ -234,13 +235,13 @@ mod tests {
             self.inner.last_many(users)
         }
         fn kind(&self) -> Kind {
-            Kind::Memory
+            self.inner.kind()
         }
         fn health(&self) -> Result<(), Unhealthy> {
-            Ok(())
+            self.inner.health()
         }
         fn feed_up(&self) -> Option<bool> {
-            None
+            self.inner.feed_up()
         }
     }
 

@@ -13,7 +13,7 @@ pub mod schema;
 mod writer;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::RedisError;
 
@@ -25,7 +25,7 @@ use self::writer::Writers;
 use super::cached::CachedReads;
 use super::{Kind, Store, StoreError, Unhealthy};
 use crate::hub::Hub;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RedisCall};
 use crate::ping::LastPing;
 use crate::worker::Worker;
 
@@ -97,7 +97,12 @@ impl Store for RedisStore {
     fn record(&self, user: &str, status: &str, now_micros: u64) -> Result<LastPing, StoreError> {
         let record = Record::new(&self.keys, user, status, now_micros);
         let time = record.time;
-        let seq = self.writers.record(record, self.timeout)?;
+        let began = Instant::now();
+        let seq = self.writers.record(record, self.timeout);
+        self.metrics
+            .redis_call(RedisCall::Record)
+            .observe(began.elapsed());
+        let seq = seq?;
         Ok(LastPing {
             seq,
             time,
@@ -110,7 +115,12 @@ impl Store for RedisStore {
         for user in users {
             self.keys.add_last_read(&mut pipe, user);
         }
-        let rows: Vec<LastRow> = self.with(|con| pipe.query(con))?;
+        let began = Instant::now();
+        let rows = self.with(|con| pipe.query::<Vec<LastRow>>(con));
+        self.metrics
+            .redis_call(RedisCall::CachedRead)
+            .observe(began.elapsed());
+        let rows = rows?;
         Ok(users
             .iter()
             .zip(rows)
@@ -126,9 +136,12 @@ impl Store for RedisStore {
         if !self.feed.is_up() {
             return Err(Unhealthy::FeedDown);
         }
-        self.with(|con| redis::cmd("PING").query::<String>(con))
-            .map(drop)
-            .map_err(Unhealthy::Unreachable)
+        let began = Instant::now();
+        let pong = self.with(|con| redis::cmd("PING").query::<String>(con));
+        self.metrics
+            .redis_call(RedisCall::Health)
+            .observe(began.elapsed());
+        pong.map(drop).map_err(Unhealthy::Unreachable)
     }
 
     fn feed_up(&self) -> Option<bool> {
