@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks heartbeat on this machine and prints every figure against its target.
-#   scripts/bench.sh           the full run (a few minutes): 10,000 and 15,000 streams
+#   scripts/bench.sh           the full run (a few minutes): 10,000 and 15,000 streams, and
+#                              plots of the 10,000-stream run's delivery latency (gnuplot)
 #   scripts/bench.sh --quick   a CI-sized run (a few hundred streams, a few seconds)
 # Starts its own redis-server and heartbeat (release build) on free loopback ports; needs
 # redis-server, redis-benchmark and wrk (apt-get install -y redis-server redis-tools wrk).
@@ -105,8 +106,20 @@ idle=$(rss_kib "$hb_pid")
 echo "idle RSS on Redis: $idle KiB"
 
 echo "== $streams streams over $users users, $rate pings/s for $seconds s"
+plots=()
+$quick || plots=(--plot-data "$work")
 "$bench" run --addr "127.0.0.1:$port" --pid "$hb_pid" --streams "$streams" --users "$users" \
-  --rate "$rate" --seconds "$seconds" | tee "$work/run"
+  --rate "$rate" --seconds "$seconds" "${plots[@]}" | tee "$work/run"
+# The full run draws its delivery latency (docs/bench/*.png, shown in BENCHMARKS.md).
+if ! $quick; then
+  if command -v gnuplot >/dev/null; then
+    mkdir -p docs/bench
+    gnuplot -e "data='$work'; out='docs/bench'; title='$streams streams, $rate pings/s'" scripts/plot.gp
+    echo "plots: docs/bench/delivery_by_second.png, docs/bench/delivery_distribution.png"
+  else
+    echo "plots: skipped, no gnuplot (apt-get install -y gnuplot-nox)"
+  fi
+fi
 stop_heartbeat
 
 echo "== $streams_max streams held (memory), $rate pings/s for 3 s"

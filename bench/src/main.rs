@@ -48,6 +48,7 @@ const USAGE: &str = "usage:
   heartbeat-bench run --addr HOST:PORT [--pid PID] [--streams N] [--users U] [--rate PINGS_PER_S]
                       [--seconds S] [--ping-connections C] [--settle S]
                       [--users-per-stream K] [--probe-users P] [--dump FILE]
+                      [--plot-data DIR]
   heartbeat-bench hello [HOST:PORT]
   heartbeat-bench startup HOST:PORT COMMAND [ARGS...]
   heartbeat-bench record-script";
@@ -69,6 +70,8 @@ pub struct Options {
     pub probe_users: usize,
     /// Where to write every delivery as `ping latency_us`, for a closer look at a tail.
     pub dump: Option<String>,
+    /// A directory for the data scripts/plot.gp draws.
+    pub plot_data: Option<String>,
 }
 
 impl Options {
@@ -85,6 +88,7 @@ impl Options {
             users_per_stream: 1,
             probe_users: 0,
             dump: None,
+            plot_data: None,
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
@@ -110,6 +114,7 @@ impl Options {
                 "--users-per-stream" => o.users_per_stream = value.parse().map_err(|e| bad(&e))?,
                 "--probe-users" => o.probe_users = value.parse().map_err(|e| bad(&e))?,
                 "--dump" => o.dump = Some(value.clone()),
+                "--plot-data" => o.plot_data = Some(value.clone()),
                 _ => return Err(format!("unknown option {flag}\n{USAGE}")),
             }
         }

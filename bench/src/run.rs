@@ -402,6 +402,9 @@ fn report(
     );
     let stalls = &pings.stalls;
     println!("{stalls}");
+    if let Some(dir) = &o.plot_data {
+        write_plot_data(dir, &seen.deliveries, o.rate)?;
+    }
     if let Some(path) = &o.dump {
         let lines: String = seen
             .deliveries
@@ -552,6 +555,14 @@ struct Seen {
 /// The delivery p99 of the pings sent in each second of the run, in microseconds, to show
 /// when a tail happens (for instance only just after the streams opened).
 fn p99_by_second(deliveries: &[(u32, u32)], rate: u32) -> Vec<u32> {
+    by_second(deliveries, rate)
+        .iter_mut()
+        .map(|v| percentile(v, 0.99))
+        .collect()
+}
+
+/// The delivery latencies of the pings sent in each second of the run.
+fn by_second(deliveries: &[(u32, u32)], rate: u32) -> Vec<Vec<u32>> {
     let mut seconds: Vec<Vec<u32>> = Vec::new();
     for &(ping, us) in deliveries {
         let second = (ping / rate.max(1)) as usize;
@@ -560,7 +571,38 @@ fn p99_by_second(deliveries: &[(u32, u32)], rate: u32) -> Vec<u32> {
         }
         seconds[second].push(us);
     }
-    seconds.iter_mut().map(|v| percentile(v, 0.99)).collect()
+    seconds
+}
+
+/// Writes the data scripts/plot.gp draws into `dir`: `by_second.dat` (second, p50, p99 and
+/// max in ms) and `distribution.dat` (latency in ms, fraction of deliveries slower), one line
+/// per 1/1000 of the deliveries and every one of the slowest thousand.
+fn write_plot_data(dir: &str, deliveries: &[(u32, u32)], rate: u32) -> Result<(), String> {
+    use std::fmt::Write as _;
+    let ms = |us: u32| f64::from(us) / 1000.0;
+    let mut text = String::from("# second p50_ms p99_ms max_ms\n");
+    for (second, mut v) in by_second(deliveries, rate).into_iter().enumerate() {
+        let max = v.iter().copied().max().unwrap_or(0);
+        let (p50, p99) = (percentile(&mut v, 0.5), percentile(&mut v, 0.99));
+        let _ = writeln!(text, "{second} {} {} {}", ms(p50), ms(p99), ms(max));
+    }
+    let write = |name: &str, text: &str| {
+        let path = format!("{dir}/{name}");
+        std::fs::write(&path, text).map_err(|e| format!("{path}: {e}"))
+    };
+    write("by_second.dat", &text)?;
+    let mut all: Vec<u32> = deliveries.iter().map(|&(_, us)| us).collect();
+    all.sort_unstable();
+    let n = all.len();
+    let mut text = String::from("# latency_ms fraction_slower\n");
+    let step = (n / 1000).max(1);
+    for (i, us) in all.iter().enumerate() {
+        if i % step == 0 || i + 1000 >= n {
+            let slower = (n - i - 1) as f64 / n as f64;
+            let _ = writeln!(text, "{} {}", ms(*us), slower.max(0.5 / n as f64));
+        }
+    }
+    write("distribution.dat", &text)
 }
 
 enum StreamState {
