@@ -347,26 +347,27 @@ fn the_static_binary_runs_alone_in_an_empty_root_as_uid_10001_reaching_redis_by_
     );
 
     // It runs as uid 10001: the child of unshare, in the host's view.
-    let uid = std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|entry| std::fs::read_to_string(entry.ok()?.path().join("status")).ok())
-        .find(|status| {
-            status.lines().any(|l| {
-                l.split_whitespace()
-                    .eq(["PPid:", &heartbeat.pid().to_string()])
-            })
-        })
-        .and_then(|status| {
-            let line = status.lines().find(|l| l.starts_with("Uid:"))?.to_owned();
-            line.split_whitespace().nth(1).map(str::to_owned)
-        });
-    assert_eq!(uid.as_deref(), Some("10001"));
+    let children = support::children_of(heartbeat.pid());
+    assert_eq!(children.len(), 1, "one process under unshare: {children:?}");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", children[0])).unwrap();
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().next());
+    assert_eq!(uid, Some("10001"));
+    let pid = children[0];
 
     heartbeat.ping("scratch", "1").assert_ok();
     let mut stream = heartbeat.subscribe("/subscribe?user=scratch");
     let (_, (user, _, status)) = stream.expect_user_ping(SOON);
     assert_eq!((user.as_str(), status.as_str()), ("scratch", "1"));
     assert_eq!(heartbeat.get("/healthz").status, 200);
+    drop(heartbeat);
+    let gone = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map_or(true, |stat| stat.contains(") Z "))
+    };
+    support::wait_until(SOON, gone).expect("the heartbeat in the empty root ends with the test");
 }
 
 #[test]

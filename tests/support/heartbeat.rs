@@ -222,9 +222,31 @@ impl Heartbeat {
 
 impl Drop for Heartbeat {
     fn drop(&mut self) {
+        // In an empty root, heartbeat is the child of `unshare`, and `chroot --userspec`
+        // cleared the parent-death signal that `--kill-child` set: end it by its own pid.
+        for pid in children_of(self.pid()) {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The processes whose parent is `pid`.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let parent = format!("PPid:\t{pid}");
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let child: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let status = std::fs::read_to_string(entry.path().join("status")).ok()?;
+            status.lines().any(|l| l == parent).then_some(child)
+        })
+        .collect()
 }
 
 /// The binary under test: `HEARTBEAT_BIN` if set (CI sets it to the static release build,

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 pub use self::client::{Reply, Sse, SseItem, largest_send_queue, read_reply, stalled_subscriber};
-pub use self::heartbeat::{Heartbeat, binary, is_static, key_prefix};
+pub use self::heartbeat::{Heartbeat, binary, children_of, is_static, key_prefix};
 pub use self::proxy::{Link, Proxy};
 pub use self::redis::{Redis, free_port};
 
