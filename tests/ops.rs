@@ -72,6 +72,12 @@ fn metrics_count_pings_streams_and_deliveries_in_prometheus_text() {
     heartbeat.post_ping(None, "{}").assert_refused(400);
     assert_eq!(sse.expect_ping(SOON).1, "1");
     assert_eq!(sse.expect_ping(SOON).1, "2");
+    // A delivery is counted just after its event is written, which the client may read
+    // first.
+    support::wait_until(SOON, || {
+        sample(&heartbeat, "heartbeat_events_delivered_total") == Some(2.0)
+    })
+    .expect("both deliveries counted");
 
     let reply = heartbeat.get("/metrics");
     assert_eq!(reply.status, 200);
@@ -190,6 +196,14 @@ fn histograms_count_pings_deliveries_redis_calls_and_stream_lifetimes() {
             "heartbeat_redis_call_duration_seconds_count{{call=\"{call}\"}}"
         ))
     };
+    // Each is recorded just after its response or event is written, which the client may
+    // read first: wait for the last of them.
+    support::wait_until(SOON, || {
+        ping("stored") == 2.0
+            && ping("refused") == 1.0
+            && count("heartbeat_delivery_lag_seconds_count") == 2.0
+    })
+    .expect("the pings and deliveries are recorded");
     assert_eq!(ping("stored"), 2.0);
     assert_eq!(ping("refused"), 1.0);
     assert_eq!(ping("unavailable"), 0.0);
@@ -231,7 +245,7 @@ fn histograms_count_pings_deliveries_redis_calls_and_stream_lifetimes() {
 
     redis.kill();
     heartbeat.ping("hist", "3").assert_refused(503);
-    assert_eq!(ping("unavailable"), 1.0);
+    support::wait_until(SOON, || ping("unavailable") == 1.0).expect("the 503 is recorded");
 }
 
 /// The metric names in a PromQL expression: every identifier that starts `heartbeat_`.

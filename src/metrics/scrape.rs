@@ -7,7 +7,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 
-use super::{Metrics, PING_OUTCOMES, REDIS_CALLS, Readings, STREAM_ENDS};
+use super::{Histogram, Metrics, PING_OUTCOMES, REDIS_CALLS, Readings, STREAM_ENDS};
 
 /// One scrape: the metrics and the readings, encoded by prometheus-client.
 #[derive(Debug)]
@@ -117,39 +117,62 @@ impl Collector for Scrape {
                 .encode_counter::<NoLabelSet, _, u64>(&value, None)?;
         }
 
-        let mut family = encoder.encode_descriptor(
-            "ping_duration_seconds",
-            "Time from a ping fully read to its answer written, by outcome.",
-            None,
-            MetricType::Histogram,
+        histograms(
+            &mut encoder,
+            (
+                "ping_duration_seconds",
+                "Time from a ping fully read to its answer written, by outcome.",
+            ),
+            "outcome",
+            PING_OUTCOMES
+                .iter()
+                .map(|(_, label)| *label)
+                .zip(&m.ping_duration),
         )?;
-        for ((_, label), histogram) in PING_OUTCOMES.iter().zip(&m.ping_duration) {
-            histogram.encode(family.encode_family(&[("outcome", *label)])?)?;
-        }
         m.delivery_lag.encode(encoder.encode_descriptor(
             "delivery_lag_seconds",
             "Time from a live ping's store (its sequence number's clock) to its event's write on a stream.",
             None,
             MetricType::Histogram,
         )?)?;
-        let mut family = encoder.encode_descriptor(
-            "redis_call_duration_seconds",
-            "Duration of Redis calls, by call.",
-            None,
-            MetricType::Histogram,
+        histograms(
+            &mut encoder,
+            (
+                "redis_call_duration_seconds",
+                "Duration of Redis calls, by call.",
+            ),
+            "call",
+            REDIS_CALLS
+                .iter()
+                .map(|(_, label)| *label)
+                .zip(&m.redis_call_duration),
         )?;
-        for ((_, label), histogram) in REDIS_CALLS.iter().zip(&m.redis_call_duration) {
-            histogram.encode(family.encode_family(&[("call", *label)])?)?;
-        }
-        let mut family = encoder.encode_descriptor(
-            "stream_duration_seconds",
-            "How long streams lived, by how they ended.",
-            None,
-            MetricType::Histogram,
+        histograms(
+            &mut encoder,
+            (
+                "stream_duration_seconds",
+                "How long streams lived, by how they ended.",
+            ),
+            "end",
+            STREAM_ENDS
+                .iter()
+                .map(|(_, label)| *label)
+                .zip(&m.stream_duration),
         )?;
-        for ((_, label), histogram) in STREAM_ENDS.iter().zip(&m.stream_duration) {
-            histogram.encode(family.encode_family(&[("end", *label)])?)?;
-        }
         Ok(())
     }
+}
+
+/// A histogram family `(name, help)`: one histogram per value of the label `key`.
+fn histograms<'h>(
+    encoder: &mut DescriptorEncoder,
+    (name, help): (&str, &str),
+    key: &'static str,
+    members: impl Iterator<Item = (&'static str, &'h Histogram)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    for (value, histogram) in members {
+        histogram.encode(family.encode_family(&[(key, value)])?)?;
+    }
+    Ok(())
 }
