@@ -104,6 +104,11 @@ fn metrics_count_pings_streams_and_deliveries_in_prometheus_text() {
     assert_eq!(value("heartbeat_events_delivered_total"), 2);
     assert_eq!(value("heartbeat_redis_subscription_up"), 1);
     assert_eq!(
+        value("heartbeat_feed_messages_total"),
+        2,
+        "the two pings, back from Redis"
+    );
+    assert_eq!(
         value(&format!(
             "heartbeat_build_info{{version=\"{}\"}}",
             env!("CARGO_PKG_VERSION")

@@ -90,6 +90,8 @@ pub struct Metrics {
     pub redis_errors_total: AtomicU64,
     /// Times the feed came back after being down.
     pub redis_resubscribes_total: AtomicU64,
+    /// Messages the Redis feed received (every instance's pings, watched here or not).
+    pub feed_messages_total: AtomicU64,
     /// By [`PingOutcome`], in the order of `PING_OUTCOMES`.
     pub(super) ping_duration: [Histogram; 3],
     /// A live ping's store time (from its sequence number) to its event's write on a stream.
@@ -116,6 +118,7 @@ impl Default for Metrics {
             events_delivered_total: AtomicU64::new(0),
             redis_errors_total: AtomicU64::new(0),
             redis_resubscribes_total: AtomicU64::new(0),
+            feed_messages_total: AtomicU64::new(0),
             ping_duration: [latency(), latency(), latency()],
             delivery_lag: latency(),
             redis_call_duration: [latency(), latency(), latency()],

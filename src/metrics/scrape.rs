@@ -57,7 +57,7 @@ impl Collector for Scrape {
                 .encode_descriptor(name, help, None, MetricType::Gauge)?
                 .encode_gauge(&value)?;
         }
-        let counters: [(&str, &str, u64); 7] = [
+        let counters: [(&str, &str, u64); 8] = [
             (
                 "connections",
                 "Connections accepted.",
@@ -92,6 +92,11 @@ impl Collector for Scrape {
                 "redis_resubscribes",
                 "Times the Redis subscription came back after being down.",
                 get(&m.redis_resubscribes_total),
+            ),
+            (
+                "feed_messages",
+                "Messages received from Redis pub/sub, watched here or not.",
+                get(&m.feed_messages_total),
             ),
         ];
         for (name, help, value) in counters {

@@ -144,6 +144,7 @@ impl Feed {
     }
 
     fn deliver(&self, channel: &str, payload: &[u8]) {
+        Metrics::count(&self.metrics.feed_messages_total);
         let Some(user) = self.keys.user_of_channel(channel) else {
             return;
         };
