@@ -21,52 +21,45 @@ use crate::ping::Rejection;
 /// How a ping was answered, for `heartbeat_ping_duration_seconds{outcome}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PingOutcome {
-    Stored,
+    Stored = 0,
     /// A 4xx.
-    Refused,
+    Refused = 1,
     /// The store did not answer: 503.
-    Unavailable,
+    Unavailable = 2,
 }
 
 /// Redis calls timed by `heartbeat_redis_call_duration_seconds{call}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RedisCall {
     /// Storing and publishing a ping, from queueing it for a writer to its answer.
-    Record,
-    CachedRead,
-    Health,
+    Record = 0,
+    CachedRead = 1,
+    Health = 2,
 }
 
 /// How a stream ended, for `heartbeat_stream_duration_seconds{end}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StreamEnd {
     /// The client closed or reset the connection.
-    ClientGone,
+    ClientGone = 0,
     /// It fell `SUBSCRIBER_QUEUE` events behind.
-    TooSlow,
+    TooSlow = 1,
     /// An event's write did not finish within `WRITE_TIMEOUT_SECS`.
-    WriteTimeout,
-    Shutdown,
+    WriteTimeout = 2,
+    Shutdown = 3,
     /// It reached `MAX_STREAM_SECS`.
-    MaxAge,
+    MaxAge = 4,
 }
 
-pub(super) const PING_OUTCOMES: [(PingOutcome, &str); 3] = [
-    (PingOutcome::Stored, "stored"),
-    (PingOutcome::Refused, "refused"),
-    (PingOutcome::Unavailable, "unavailable"),
-];
-pub(super) const REDIS_CALLS: [(RedisCall, &str); 3] = [
-    (RedisCall::Record, "record"),
-    (RedisCall::CachedRead, "cached_read"),
-    (RedisCall::Health, "health"),
-];
-pub(super) const STREAM_ENDS: [(StreamEnd, &str); 5] = [
-    (StreamEnd::ClientGone, "client_gone"),
-    (StreamEnd::TooSlow, "too_slow"),
-    (StreamEnd::WriteTimeout, "write_timeout"),
-    (StreamEnd::Shutdown, "shutdown"),
-    (StreamEnd::MaxAge, "max_age"),
+/// The label values, each table indexed by its enum's discriminants.
+pub(super) const PING_OUTCOMES: [&str; 3] = ["stored", "refused", "unavailable"];
+pub(super) const REDIS_CALLS: [&str; 3] = ["record", "cached_read", "health"];
+pub(super) const STREAM_ENDS: [&str; 5] = [
+    "client_gone",
+    "too_slow",
+    "write_timeout",
+    "shutdown",
+    "max_age",
 ];
 
 /// Everything `/metrics` reports that the process counts itself. Shared by the server, the
@@ -92,7 +85,7 @@ pub struct Metrics {
     pub redis_resubscribes_total: AtomicU64,
     /// Messages the Redis feed received (every instance's pings, watched here or not).
     pub feed_messages_total: AtomicU64,
-    /// By [`PingOutcome`], in the order of `PING_OUTCOMES`.
+    /// By [`PingOutcome`].
     pub(super) ping_duration: [Histogram; 3],
     /// A live ping's store time (from its sequence number) to its event's write on a stream.
     pub delivery_lag: Histogram,
@@ -155,21 +148,15 @@ impl Metrics {
     }
 
     pub fn ping_duration(&self, outcome: PingOutcome) -> &Histogram {
-        &self.ping_duration[PING_OUTCOMES
-            .iter()
-            .position(|(o, _)| *o == outcome)
-            .unwrap_or(0)]
+        &self.ping_duration[outcome as usize]
     }
 
     pub fn redis_call(&self, call: RedisCall) -> &Histogram {
-        &self.redis_call_duration[REDIS_CALLS
-            .iter()
-            .position(|(c, _)| *c == call)
-            .unwrap_or(0)]
+        &self.redis_call_duration[call as usize]
     }
 
     pub fn stream_duration(&self, end: StreamEnd) -> &Histogram {
-        &self.stream_duration[STREAM_ENDS.iter().position(|(e, _)| *e == end).unwrap_or(0)]
+        &self.stream_duration[end as usize]
     }
 
     /// Everything, in the OpenMetrics text format (see [`CONTENT_TYPE`]).

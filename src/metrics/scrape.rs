@@ -129,10 +129,7 @@ impl Collector for Scrape {
                 "Time from a ping fully read to its answer written, by outcome.",
             ),
             "outcome",
-            PING_OUTCOMES
-                .iter()
-                .map(|(_, label)| *label)
-                .zip(&m.ping_duration),
+            PING_OUTCOMES.into_iter().zip(&m.ping_duration),
         )?;
         m.delivery_lag.encode(encoder.encode_descriptor(
             "delivery_lag_seconds",
@@ -147,10 +144,7 @@ impl Collector for Scrape {
                 "Duration of Redis calls, by call.",
             ),
             "call",
-            REDIS_CALLS
-                .iter()
-                .map(|(_, label)| *label)
-                .zip(&m.redis_call_duration),
+            REDIS_CALLS.into_iter().zip(&m.redis_call_duration),
         )?;
         histograms(
             &mut encoder,
@@ -159,10 +153,7 @@ impl Collector for Scrape {
                 "How long streams lived, by how they ended.",
             ),
             "end",
-            STREAM_ENDS
-                .iter()
-                .map(|(_, label)| *label)
-                .zip(&m.stream_duration),
+            STREAM_ENDS.into_iter().zip(&m.stream_duration),
         )?;
         Ok(())
     }
