@@ -152,15 +152,7 @@ impl Load<'_> {
             let target = (self.streams.len() + 500).min(o.streams);
             while self.streams.len() < target {
                 let i = self.streams.len();
-                let mut socket = TcpStream::connect(o.addr).map_err(|e| format!("connect: {e}"))?;
-                self.poll
-                    .registry()
-                    .register(
-                        &mut socket,
-                        Token(i),
-                        Interest::READABLE | Interest::WRITABLE,
-                    )
-                    .map_err(|e| e.to_string())?;
+                let socket = self.connect(Token(i))?;
                 // Stream i watches the K users from i * K on: each user is watched by about
                 // streams * K / users streams.
                 let users = (0..o.users_per_stream)
@@ -311,18 +303,21 @@ impl Load<'_> {
         Ok(pings)
     }
 
+    /// A connection to the server, registered with the event loop under `token`.
+    fn connect(&mut self, token: Token) -> Result<TcpStream, String> {
+        let mut socket = TcpStream::connect(self.o.addr).map_err(|e| format!("connect: {e}"))?;
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        self.poll
+            .registry()
+            .register(&mut socket, token, interest)
+            .map_err(|e| e.to_string())?;
+        Ok(socket)
+    }
+
     /// The probe: a stream of the first `probe_users` users, pinged early in the run, so each
     /// has a cached ping.
     fn open_probe(&mut self) -> Result<Stream, String> {
-        let mut socket = TcpStream::connect(self.o.addr).map_err(|e| format!("connect: {e}"))?;
-        self.poll
-            .registry()
-            .register(
-                &mut socket,
-                Token(PROBE),
-                Interest::READABLE | Interest::WRITABLE,
-            )
-            .map_err(|e| e.to_string())?;
+        let socket = self.connect(Token(PROBE))?;
         Ok(Stream::new(socket, (0..self.o.probe_users).collect()))
     }
 
@@ -330,17 +325,8 @@ impl Load<'_> {
     fn connect_pingers(&mut self) -> Result<Vec<Pinger>, String> {
         let mut pingers = Vec::with_capacity(self.o.ping_connections);
         for i in 0..self.o.ping_connections {
-            let mut socket =
-                TcpStream::connect(self.o.addr).map_err(|e| format!("connect: {e}"))?;
+            let socket = self.connect(Token(PINGER_BASE + i))?;
             socket.set_nodelay(true).map_err(|e| e.to_string())?;
-            self.poll
-                .registry()
-                .register(
-                    &mut socket,
-                    Token(PINGER_BASE + i),
-                    Interest::READABLE | Interest::WRITABLE,
-                )
-                .map_err(|e| e.to_string())?;
             pingers.push(Pinger {
                 socket,
                 connected: false,
