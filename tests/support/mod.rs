@@ -26,6 +26,16 @@ pub fn now_secs() -> u64 {
         .as_secs()
 }
 
+/// Whether a test can run here: `true` if `available`. If not, it is skipped with `why`
+/// outside CI, and fails in CI, which must run every test.
+pub fn runs_here(available: bool, why: &str) -> bool {
+    if !available {
+        assert!(std::env::var_os("CI").is_none(), "not skipped in CI: {why}");
+        eprintln!("skipped: {why}");
+    }
+    available
+}
+
 /// The opening most tests share: a Redis of their own and one heartbeat on it.
 pub fn heartbeat_on_redis() -> (Redis, Heartbeat) {
     let redis = Redis::start();
