@@ -88,12 +88,8 @@ fn metrics_count_pings_streams_and_deliveries_in_prometheus_text() {
             .starts_with("application/openmetrics-text; version=1.0.0")
     );
     let value = |name: &str| -> u64 {
-        let line = reply
-            .body
-            .lines()
-            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-            .unwrap_or_else(|| panic!("no {name} in\n{}", reply.body));
-        line[name.len() + 1..].parse().unwrap()
+        let value = sample_in(&reply.body, name);
+        value.unwrap_or_else(|| panic!("no {name} in\n{}", reply.body)) as u64
     };
     assert_eq!(value("heartbeat_pings_accepted_total"), 2);
     assert_eq!(
@@ -166,8 +162,13 @@ fn cors_allows_the_configured_origin_on_pings_preflights_and_streams() {
 
 /// The value of the sample `name` (with its labels) in `/metrics`, if present.
 fn sample(heartbeat: &Heartbeat, name: &str) -> Option<f64> {
-    let body = heartbeat.get("/metrics").body;
-    body.lines()
+    sample_in(&heartbeat.get("/metrics").body, name)
+}
+
+/// The value of the sample `name` (with its labels) in a `/metrics` text, if present.
+fn sample_in(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
