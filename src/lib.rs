@@ -44,6 +44,7 @@ use crate::store::Store;
 use crate::store::cached::CachedReads;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
+use crate::store::redis::cluster::ClusterStore;
 use crate::stream::{Streams, Writing};
 use crate::worker::Worker;
 
@@ -133,6 +134,31 @@ pub fn run() -> Result<(), Error> {
             let feed = store
                 .start_feed(Arc::clone(&hub), cached.clone())
                 .map_err(setup("redis-psubscribe thread"))?;
+            workers.push(feed);
+            (store, cached)
+        }
+        StoreConfig::Cluster(seeds) => {
+            log::info!(
+                "store: redis cluster at {} with key prefix {:?}",
+                config.store,
+                config.key_prefix
+            );
+            let (store, writers) = ClusterStore::start(
+                seeds,
+                &config.key_prefix,
+                config.redis_pool_size,
+                config.redis_timeout,
+                Arc::clone(&metrics),
+            )
+            .map_err(|e| Error::Setup(format!("redis cluster client for {}: {e}", config.store)))?;
+            workers.extend(writers);
+            let store = Arc::new(store);
+            let (cached, worker) = CachedReads::start(store.clone(), Arc::clone(&hub))
+                .map_err(setup("cached-reads thread"))?;
+            workers.push(worker);
+            let feed = store
+                .start_feed(Arc::clone(&hub), cached.clone())
+                .map_err(setup("redis-cluster thread"))?;
             workers.push(feed);
             (store, cached)
         }

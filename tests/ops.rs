@@ -6,7 +6,7 @@ mod support;
 use std::process::Command;
 use std::time::Duration;
 
-use support::{AT_ONCE, Heartbeat, Redis, SOON, heartbeat_on_redis};
+use support::{AT_ONCE, Heartbeat, Redis, SOON, heartbeat_on_redis, sample_in};
 
 #[test]
 fn healthz_is_200_with_redis_up_and_503_with_a_reason_when_it_is_down() {
@@ -162,14 +162,7 @@ fn cors_allows_the_configured_origin_on_pings_preflights_and_streams() {
 
 /// The value of the sample `name` (with its labels) in `/metrics`, if present.
 fn sample(heartbeat: &Heartbeat, name: &str) -> Option<f64> {
-    sample_in(&heartbeat.get("/metrics").body, name)
-}
-
-/// The value of the sample `name` (with its labels) in a `/metrics` text, if present.
-fn sample_in(metrics: &str, name: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    heartbeat.sample(name)
 }
 
 #[test]

@@ -67,6 +67,28 @@ pub enum StoreConfig {
     Memory,
     /// A `redis://` URL.
     Redis(String),
+    /// Seed nodes of a Redis Cluster.
+    Cluster(ClusterSeeds),
+}
+
+/// `cluster://[user:pass@]host:port[,host:port...]`: where to first ask a Redis Cluster for its
+/// nodes, and the credentials for every node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSeeds {
+    /// `host:port` of each seed.
+    pub seeds: Vec<String>,
+    /// `user:pass`, `:pass` or `user`, as in the URL.
+    pub userinfo: Option<String>,
+}
+
+impl ClusterSeeds {
+    /// The `redis://` URL of the node at `addr` (`host:port`), with the cluster's credentials.
+    pub fn url(&self, addr: &str) -> String {
+        match &self.userinfo {
+            Some(userinfo) => format!("redis://{userinfo}@{addr}"),
+            None => format!("redis://{addr}"),
+        }
+    }
 }
 
 /// `memory`, or the Redis URL with its password hidden, for logs.
@@ -75,6 +97,16 @@ impl fmt::Display for StoreConfig {
         let url = match self {
             StoreConfig::Memory => return f.write_str("memory"),
             StoreConfig::Redis(url) => url,
+            StoreConfig::Cluster(cluster) => {
+                f.write_str("cluster://")?;
+                if let Some(userinfo) = &cluster.userinfo {
+                    match userinfo.split_once(':') {
+                        Some((user, _)) => write!(f, "{user}:***@")?,
+                        None => write!(f, "{userinfo}@")?,
+                    }
+                }
+                return f.write_str(&cluster.seeds.join(","));
+            }
         };
         match (url.find("://"), url.rfind('@')) {
             (Some(scheme), Some(at)) if at > scheme => {
@@ -185,10 +217,20 @@ impl Config {
             max_head_bytes: vars.number("MAX_HEAD_BYTES", 512, 1 << 20)?,
             max_users_per_stream: vars.number("MAX_USERS_PER_STREAM", 1, 65_536)?,
         };
+        let store = vars.parse("REDIS", parse_store, REDIS_EXPECTED)?;
+        let key_prefix = match store {
+            // A brace in the prefix would make it, not the user, the keys' hash tag.
+            StoreConfig::Cluster(_) => vars.parse(
+                "KEY_PREFIX",
+                |v| parse_prefix(v).filter(|p| !p.contains(['{', '}'])),
+                CLUSTER_PREFIX_EXPECTED,
+            )?,
+            _ => vars.parse("KEY_PREFIX", parse_prefix, PREFIX_EXPECTED)?,
+        };
         Ok(Config {
             listen: vars.parse("LISTEN", parse_listen, LISTEN_EXPECTED)?,
-            store: vars.parse("REDIS", parse_store, REDIS_EXPECTED)?,
-            key_prefix: vars.parse("KEY_PREFIX", parse_prefix, PREFIX_EXPECTED)?,
+            store,
+            key_prefix,
             keepalive: vars.seconds("KEEPALIVE_SECS")?,
             max_stream: match vars.number("MAX_STREAM_SECS", 0, 30 * 86_400)? {
                 0 => None,
@@ -214,8 +256,11 @@ impl Config {
 }
 
 const LISTEN_EXPECTED: &str = "host:port, :port or [v6]:port";
-const REDIS_EXPECTED: &str = "host:port, :port, redis://[user:pass@]host:port[/db] or memory";
+const REDIS_EXPECTED: &str = "host:port, :port, redis://[user:pass@]host:port[/db], \
+     cluster://[user:pass@]host:port[,host:port...] or memory";
 const PREFIX_EXPECTED: &str = "printable ASCII without spaces, at most 64 bytes";
+const CLUSTER_PREFIX_EXPECTED: &str =
+    "printable ASCII without spaces, { or } (with a cluster REDIS), at most 64 bytes";
 const LEVEL_EXPECTED: &str = "one of off, error, warn, info, debug, trace";
 const TRUSTED_EXPECTED: &str =
     "empty, or a comma-separated list of addresses and CIDR ranges like 10.0.0.0/8, ::1";
@@ -318,19 +363,45 @@ fn parse_store(value: &str) -> Option<StoreConfig> {
     if value == "memory" {
         return Some(StoreConfig::Memory);
     }
+    if let Some(cluster) = value.strip_prefix("cluster://") {
+        return parse_cluster(cluster).map(StoreConfig::Cluster);
+    }
     let url = if value.starts_with("redis://") {
         value.to_owned()
     } else {
-        let listen = parse_listen(value)?;
-        let host = match listen.host.as_str() {
-            "" => "127.0.0.1",
-            h => h,
-        };
-        format!("redis://{}", host_port(host, listen.port))
+        format!("redis://{}", parse_address(value)?)
     };
     // Let the redis crate reject what it could not connect to, now rather than later.
     redis::Client::open(url.as_str()).ok()?;
     Some(StoreConfig::Redis(url))
+}
+
+/// `host:port` or `:port` (for 127.0.0.1) as `host:port`.
+fn parse_address(value: &str) -> Option<String> {
+    let listen = parse_listen(value)?;
+    let host = match listen.host.as_str() {
+        "" => "127.0.0.1",
+        h => h,
+    };
+    Some(host_port(host, listen.port))
+}
+
+/// What follows `cluster://`: `[user:pass@]host:port[,host:port...]`.
+fn parse_cluster(value: &str) -> Option<ClusterSeeds> {
+    let (userinfo, hosts) = match value.rsplit_once('@') {
+        Some((userinfo, hosts)) if !userinfo.is_empty() => (Some(userinfo.to_owned()), hosts),
+        Some(_) => return None,
+        None => (None, value),
+    };
+    let seeds = hosts
+        .split(',')
+        .map(|host| parse_address(host.trim()))
+        .collect::<Option<Vec<String>>>()?;
+    let cluster = ClusterSeeds { seeds, userinfo };
+    for seed in &cluster.seeds {
+        redis::Client::open(cluster.url(seed).as_str()).ok()?;
+    }
+    Some(cluster)
 }
 
 fn parse_prefix(value: &str) -> Option<String> {
@@ -461,6 +532,28 @@ pub(super) mod tests {
             redis("redis://u:p@host:1/2")
         );
         assert_eq!(store("memory").unwrap(), StoreConfig::Memory);
+        let cluster = |seeds: &[&str], userinfo: Option<&str>| {
+            StoreConfig::Cluster(ClusterSeeds {
+                seeds: seeds.iter().map(|s| s.to_string()).collect(),
+                userinfo: userinfo.map(str::to_owned),
+            })
+        };
+        assert_eq!(
+            store("cluster://:7000, redis-a:7001,[::1]:7002").unwrap(),
+            cluster(&["127.0.0.1:7000", "redis-a:7001", "[::1]:7002"], None)
+        );
+        assert_eq!(
+            store("cluster://u:p@a:1").unwrap(),
+            cluster(&["a:1"], Some("u:p"))
+        );
+        for bad in [
+            "cluster://",
+            "cluster://a",
+            "cluster://a:1,",
+            "cluster://@a:1",
+        ] {
+            assert!(store(bad).is_err(), "{bad}");
+        }
         let err = store("redis").unwrap_err().to_string();
         assert_eq!(
             err,
@@ -475,6 +568,30 @@ pub(super) mod tests {
         assert_eq!(shown("redis://:secret@h:1"), "redis://:***@h:1");
         assert_eq!(shown("redis://h:1"), "redis://h:1");
         assert_eq!(StoreConfig::Memory.to_string(), "memory");
+        let cluster = |userinfo: Option<&str>| {
+            StoreConfig::Cluster(ClusterSeeds {
+                seeds: vec!["a:1".into(), "b:2".into()],
+                userinfo: userinfo.map(str::to_owned),
+            })
+            .to_string()
+        };
+        assert_eq!(cluster(Some("u:secret")), "cluster://u:***@a:1,b:2");
+        assert_eq!(cluster(Some("u")), "cluster://u@a:1,b:2");
+        assert_eq!(cluster(None), "cluster://a:1,b:2");
+    }
+
+    #[test]
+    fn a_cluster_refuses_braces_in_the_key_prefix() {
+        let with = |prefix: &str, redis: &str| {
+            config(&[("REDIS", redis), ("KEY_PREFIX", prefix)]).map(|c| c.key_prefix)
+        };
+        assert_eq!(with("{hb}:", ":6379").unwrap(), "{hb}:");
+        let err = with("{hb}:", "cluster://:7000").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!("invalid KEY_PREFIX=\"{{hb}}:\": expected {CLUSTER_PREFIX_EXPECTED}")
+        );
+        assert_eq!(with("hb:", "cluster://:7000").unwrap(), "hb:");
     }
 
     #[test]

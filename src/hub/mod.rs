@@ -44,6 +44,9 @@ struct Inner {
     users: HashMap<Arc<str>, Vec<Watch>>,
     /// Set by `close`: no new subscriber is registered after it.
     closed: bool,
+    /// Where to name each user who gains a first subscriber or loses the last, if anyone
+    /// asked (the cluster feed, which subscribes to just those users).
+    changes: Option<Sender<Arc<str>>>,
 }
 
 /// One subscriber of one user.
@@ -146,9 +149,24 @@ impl Inner {
             if let Some(watches) = self.users.get_mut(user) {
                 watches.retain(|w| w.slot.id != slot.id);
                 if watches.is_empty() {
-                    self.users.remove(user);
+                    self.forget(user);
                 }
             }
+        }
+    }
+
+    /// Removes `user`, who has no subscriber left.
+    fn forget(&mut self, user: &str) {
+        if let Some((name, _)) = self.users.remove_entry(user) {
+            self.changed(name);
+        }
+    }
+
+    /// Tells whoever asked that `user` gained a first subscriber or lost the last.
+    fn changed(&self, user: Arc<str>) {
+        if let Some(changes) = &self.changes {
+            // Unbounded; the receiver lives as long as the service.
+            let _ = changes.send(user);
         }
     }
 }
@@ -161,6 +179,7 @@ impl Hub {
                 next_id: 0,
                 users: HashMap::new(),
                 closed: false,
+                changes: None,
             }),
             queue,
             dropped_slow: AtomicU64::new(0),
@@ -200,7 +219,11 @@ impl Hub {
                     slot: Arc::clone(&slot),
                     index: index as u32,
                 };
-                inner.users.entry(Arc::clone(name)).or_default().push(watch);
+                let watches = inner.users.entry(Arc::clone(name)).or_default();
+                watches.push(watch);
+                if watches.len() == 1 {
+                    inner.changed(Arc::clone(name));
+                }
             }
         }
         Subscriber::new(Arc::clone(self), slot, rx)
@@ -226,7 +249,7 @@ impl Hub {
         );
         let delivered = watches.len();
         if watches.is_empty() {
-            inner.users.remove(user);
+            inner.forget(user);
         }
         for slot in &slow {
             log::warn!(
@@ -244,6 +267,13 @@ impl Hub {
     /// Publishes `user`'s ping as an event rendered once for all of the user's subscribers.
     pub fn publish_ping(&self, user: &str, ping: &LastPing) -> usize {
         self.publish(user, Arc::new(Event::new(user, ping)))
+    }
+
+    /// From now on, sends `changes` each user who gains a first local subscriber or loses
+    /// the last. Whoever receives them checks [`is_watched`](Self::is_watched) for the state
+    /// now: a name says only that it may have changed.
+    pub fn report_changes(&self, changes: Sender<Arc<str>>) {
+        self.inner.lock().changes = Some(changes);
     }
 
     /// Whether `user` has a local subscriber: a cheap check before building an event.

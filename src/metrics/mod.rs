@@ -10,7 +10,7 @@ mod histogram;
 mod scrape;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 
 use prometheus_client::registry::Registry;
 
@@ -85,6 +85,10 @@ pub struct Metrics {
     pub redis_resubscribes_total: AtomicU64,
     /// Messages the Redis feed received (every instance's pings, watched here or not).
     pub feed_messages_total: AtomicU64,
+    /// Channels and patterns the Redis feed is subscribed to now: the one pattern on a single
+    /// Redis, the watched users' shard channels on a cluster. Signed, as cluster feeds add
+    /// and take away their own counts.
+    pub feed_channels: AtomicI64,
     /// By [`PingOutcome`].
     pub(super) ping_duration: [Histogram; 3],
     /// A live ping's store time (from its sequence number) to its event's write on a stream.
@@ -112,6 +116,7 @@ impl Default for Metrics {
             redis_errors_total: AtomicU64::new(0),
             redis_resubscribes_total: AtomicU64::new(0),
             feed_messages_total: AtomicU64::new(0),
+            feed_channels: AtomicI64::new(0),
             ping_duration: [latency(), latency(), latency()],
             delivery_lag: latency(),
             redis_call_duration: [latency(), latency(), latency()],

@@ -31,7 +31,7 @@ impl Collector for Scrape {
                 MetricType::Info,
             )?
             .encode_info(&info)?;
-        let gauges: [(&str, &str, u64); 4] = [
+        let gauges: [(&str, &str, u64); 5] = [
             (
                 "connections",
                 "Open connections, streams included.",
@@ -48,9 +48,15 @@ impl Collector for Scrape {
                 "Whether the Redis subscription is up (1) or down (0).",
                 u64::from(r.feed_up.unwrap_or(false)),
             ),
+            (
+                "feed_channels",
+                "Redis pub/sub channels and patterns the feed is subscribed to.",
+                m.feed_channels.load(Ordering::Relaxed).max(0) as u64,
+            ),
         ];
         for (name, help, value) in gauges {
-            if name == "redis_subscription_up" && r.feed_up.is_none() {
+            let no_feed = matches!(name, "redis_subscription_up" | "feed_channels");
+            if no_feed && r.feed_up.is_none() {
                 continue; // memory mode has no feed
             }
             encoder

@@ -42,6 +42,7 @@ pub trait Store: Send + Sync {
 pub enum Kind {
     Memory,
     Redis,
+    Cluster,
 }
 
 impl Kind {
@@ -49,6 +50,7 @@ impl Kind {
         match self {
             Kind::Memory => "memory",
             Kind::Redis => "redis",
+            Kind::Cluster => "redis-cluster",
         }
     }
 }
@@ -60,6 +62,8 @@ pub enum Unhealthy {
     Unreachable(StoreError),
     /// Commands work, but the feed that brings other instances' pings is down.
     FeedDown,
+    /// Some shards of a cluster (named, with why) cannot store or deliver pings now.
+    Shards(String),
 }
 
 impl fmt::Display for Unhealthy {
@@ -67,6 +71,7 @@ impl fmt::Display for Unhealthy {
         match self {
             Unhealthy::Unreachable(e) => write!(f, "{e}"),
             Unhealthy::FeedDown => f.write_str("redis subscription down"),
+            Unhealthy::Shards(reasons) => f.write_str(reasons),
         }
     }
 }

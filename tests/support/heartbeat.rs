@@ -179,6 +179,11 @@ impl Heartbeat {
     }
 
     /// `GET path` on a connection of its own; the response in full.
+    /// The value of the sample `name` (with its labels) in `/metrics`, if present.
+    pub fn sample(&self, name: &str) -> Option<f64> {
+        sample_in(&self.get("/metrics").body, name)
+    }
+
     pub fn get(&self, path: &str) -> Reply {
         self.request(
             format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
@@ -349,6 +354,13 @@ pub fn is_static(binary: &Path) -> bool {
         .output()
         .expect("run readelf (binutils)");
     out.status.success() && !String::from_utf8_lossy(&out.stdout).contains("INTERP")
+}
+
+/// The value of the sample `name` (with its labels) in a `/metrics` text, if present.
+pub fn sample_in(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
 /// The `KEY_PREFIX` tests run heartbeat with, unless they set their own.

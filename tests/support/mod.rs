@@ -4,6 +4,7 @@
 #![allow(dead_code, unused_imports)] // each test file uses its own part of this module
 
 pub mod client;
+pub mod cluster;
 pub mod heartbeat;
 pub mod proxy;
 pub mod redis;
@@ -14,7 +15,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 pub use self::client::{Reply, Sse, SseItem, largest_send_queue, read_reply, stalled_subscriber};
-pub use self::heartbeat::{Heartbeat, binary, children_of, is_static, key_prefix};
+pub use self::cluster::Cluster;
+pub use self::heartbeat::{Heartbeat, binary, children_of, is_static, key_prefix, sample_in};
 pub use self::proxy::{Link, Proxy};
 pub use self::redis::{Redis, free_port};
 

@@ -44,10 +44,17 @@ impl Redis {
     }
 
     fn try_start(port: u16) -> Option<Redis> {
+        Redis::try_start_with(port, &[])
+    }
+
+    /// Starts on `port` with `args` added to the command line, or `None` if it exits (most
+    /// likely the port was taken).
+    pub fn try_start_with(port: u16, args: &[&str]) -> Option<Redis> {
         let dir = TempDir::new("redis");
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            .args(args)
             .arg("--dir")
             .arg(&dir.0)
             .stdout(Stdio::null())
@@ -93,6 +100,11 @@ impl Redis {
     pub fn query<T: redis::FromRedisValue>(&self, cmd: &mut redis::Cmd) -> T {
         cmd.query(&mut self.connection().expect("connect to the test redis"))
             .expect("query the test redis")
+    }
+
+    /// Whether this test has not killed it.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     pub fn kill(&mut self) {

@@ -25,8 +25,8 @@ use crate::store::cached::CachedReads;
 use crate::worker::Worker;
 
 /// First and longest wait between reconnection attempts.
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+pub(super) const BACKOFF_MIN: Duration = Duration::from_millis(100);
+pub(super) const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Whether the feed is subscribed, for health checks; set only by the feed's thread.
 #[derive(Default)]
@@ -83,6 +83,7 @@ impl Feed {
                 End::Lost(error) => error,
             };
             Metrics::count(&self.metrics.redis_errors_total);
+            self.metrics.feed_channels.store(0, Ordering::Relaxed);
             let was_up = self.state.set(false);
             if was_up || !reported_down {
                 log::warn!("redis subscription down: {error}; reconnecting");
@@ -98,6 +99,7 @@ impl Feed {
             }
         }
         self.state.set(false);
+        self.metrics.feed_channels.store(0, Ordering::Relaxed);
         log::debug!("redis subscription stopped");
     }
 
@@ -119,6 +121,7 @@ impl Feed {
         *sessions += 1;
         *backoff = BACKOFF_MIN;
         self.state.set(true);
+        self.metrics.feed_channels.store(1, Ordering::Relaxed);
         self.resync();
 
         // The connection's read timeout is the tick: every quiet tick, check for shutdown
@@ -129,7 +132,13 @@ impl Feed {
                 _ => return End::Shutdown,
             }
             match pubsub.get_message() {
-                Ok(msg) => self.deliver(msg.get_channel_name(), msg.get_payload_bytes()),
+                Ok(msg) => deliver(
+                    &self.keys,
+                    &self.hub,
+                    &self.metrics,
+                    msg.get_channel_name(),
+                    msg.get_payload_bytes(),
+                ),
                 Err(e) if e.is_timeout() => {
                     let pong = pubsub
                         .ping::<redis::Value>()
@@ -143,22 +152,6 @@ impl Feed {
         }
     }
 
-    fn deliver(&self, channel: &str, payload: &[u8]) {
-        Metrics::count(&self.metrics.feed_messages_total);
-        let Some(user) = self.keys.user_of_channel(channel) else {
-            return;
-        };
-        if !self.hub.is_watched(user) {
-            return; // most pings, on an instance whose watchers watch others
-        }
-        match std::str::from_utf8(payload).ok().and_then(parse_message) {
-            Some(ping) => {
-                self.hub.publish_ping(user, &ping);
-            }
-            None => log::warn!("ignoring a malformed message on {channel:?}"),
-        }
-    }
-
     /// Asks for the stored last ping of every user with local subscribers.
     fn resync(&self) {
         let users = self.hub.users();
@@ -168,6 +161,23 @@ impl Feed {
         for user in &users {
             self.cached.resync(user);
         }
+    }
+}
+
+/// Hands a message from `channel` to the hub's subscribers of its user, if there are any.
+pub(super) fn deliver(keys: &Keys, hub: &Hub, metrics: &Metrics, channel: &str, payload: &[u8]) {
+    Metrics::count(&metrics.feed_messages_total);
+    let Some(user) = keys.user_of_channel(channel) else {
+        return;
+    };
+    if !hub.is_watched(user) {
+        return; // most pings, on an instance whose watchers watch others
+    }
+    match std::str::from_utf8(payload).ok().and_then(parse_message) {
+        Some(ping) => {
+            hub.publish_ping(user, &ping);
+        }
+        None => log::warn!("ignoring a malformed message on {channel:?}"),
     }
 }
 
@@ -189,7 +199,7 @@ fn psubscribe(con: &mut redis::Connection, pattern: &str) -> Result<(), String> 
 }
 
 /// `base` scaled by a random factor in [0.5, 1.0), so instances do not reconnect in step.
-fn jitter(base: Duration) -> Duration {
+pub(super) fn jitter(base: Duration) -> Duration {
     let random = RandomState::new().hash_one(Instant::now());
     base.mul_f64(0.5 + (random % 1000) as f64 / 2000.0)
 }

@@ -6,10 +6,13 @@
 //! pings) and [`feed`] (the `redis-psubscribe` thread that brings every instance's pings to
 //! the local hub). This file ties them into a [`Store`].
 
+pub mod cluster;
 mod connect;
 pub mod feed;
+mod node;
 mod pool;
 pub mod schema;
+mod slot;
 mod writer;
 
 use std::sync::Arc;
@@ -17,9 +20,8 @@ use std::time::{Duration, Instant};
 
 use redis::RedisError;
 
-use self::connect::Connector;
 use self::feed::{Feed, FeedState};
-use self::pool::Pool;
+use self::node::{Node, OneNode};
 use self::schema::{Keys, LastRow, Record, parse_last};
 use self::writer::Writers;
 use super::cached::CachedReads;
@@ -32,8 +34,7 @@ use crate::worker::Worker;
 /// Last pings in Redis, shared by every instance on the same Redis and prefix.
 pub struct RedisStore {
     keys: Keys,
-    connector: Arc<Connector>,
-    pool: Pool,
+    node: Arc<Node>,
     writers: Writers,
     timeout: Duration,
     feed: Arc<FeedState>,
@@ -51,11 +52,11 @@ impl RedisStore {
         timeout: Duration,
         metrics: Arc<Metrics>,
     ) -> Result<(RedisStore, Vec<Worker>), RedisError> {
-        let connector = Arc::new(Connector::new(url, timeout)?);
-        let (writers, workers) = Writers::start(Arc::clone(&connector), Arc::clone(&metrics))?;
+        let node = Arc::new(Node::new(url, url, pool_size, timeout)?);
+        let router = Arc::new(OneNode(Arc::clone(&node)));
+        let (writers, workers) = Writers::start(router, Arc::clone(&metrics))?;
         let store = RedisStore {
-            pool: Pool::new(Arc::clone(&connector), pool_size, timeout),
-            connector,
+            node,
             keys: Keys::new(prefix),
             writers,
             timeout,
@@ -69,7 +70,7 @@ impl RedisStore {
     /// instance, to `hub`, and asks `cached` to resync after each (re)subscription.
     pub fn start_feed(&self, hub: Arc<Hub>, cached: CachedReads) -> std::io::Result<Worker> {
         Feed {
-            connector: Arc::clone(&self.connector),
+            connector: Arc::clone(&self.node.connector),
             keys: self.keys.clone(),
             timeout: self.timeout,
             state: Arc::clone(&self.feed),
@@ -85,7 +86,7 @@ impl RedisStore {
         &self,
         f: impl FnMut(&mut redis::Connection) -> Result<T, RedisError>,
     ) -> Result<T, StoreError> {
-        let result = self.pool.with(f);
+        let result = self.node.pool.with(f);
         if result.is_err() {
             Metrics::count(&self.metrics.redis_errors_total);
         }

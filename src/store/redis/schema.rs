@@ -3,19 +3,23 @@
 //! arguments.
 //!
 //! Each user has a hash `<prefix>last:<user>` with `seq`, `time` and `status`, and a channel
-//! `<prefix>ping:<user>` whose messages are `"<seq> <time> <status>"`.
+//! `<prefix>ping:<user>` whose messages are `"<seq> <time> <status>"`. On a Redis Cluster the
+//! user in both names is a hash tag, `{u:<user>}`, so the hash and the shard channel are in
+//! the same slot (the `u:` keeps the tag from being empty, and thus ignored, for an id that
+//! begins with `}`).
 
 use crate::ping::LastPing;
 
-/// KEYS[1] the user's hash; ARGV: time (s), status, channel, now (us). Computes the sequence
-/// number as [`next_seq`](crate::store::next_seq) does; microseconds since 1970 fit exactly in
-/// a Lua number (a double) until the year 2255. The argument order is [`Record::add_to`]'s.
+/// KEYS[1] the user's hash; ARGV: time (s), status, channel, now (us), and the publishing
+/// command (`PUBLISH`, or `SPUBLISH` on a cluster). Computes the sequence number as
+/// [`next_seq`](crate::store::next_seq) does; microseconds since 1970 fit exactly in a Lua
+/// number (a double) until the year 2255. The argument order is [`Record::add_to`]'s.
 pub const RECORD_SCRIPT: &str = r"
 local stored = tonumber(redis.call('HGET', KEYS[1], 'seq'))
 local seq = math.max(stored and stored + 1 or 0, tonumber(ARGV[4]))
 seq = string.format('%d', seq)
 redis.call('HSET', KEYS[1], 'seq', seq, 'time', ARGV[1], 'status', ARGV[2])
-redis.call('PUBLISH', ARGV[3], seq .. ' ' .. ARGV[1] .. ' ' .. ARGV[2])
+redis.call(ARGV[5], ARGV[3], seq .. ' ' .. ARGV[1] .. ' ' .. ARGV[2])
 return seq
 ";
 
@@ -23,23 +27,51 @@ return seq
 #[derive(Debug, Clone)]
 pub struct Keys {
     prefix: String,
+    /// Whether names carry the user as a hash tag, and pings go out by `SPUBLISH`.
+    cluster: bool,
 }
 
 impl Keys {
+    /// Names for a single Redis.
     pub fn new(prefix: &str) -> Keys {
         Keys {
             prefix: prefix.to_owned(),
+            cluster: false,
+        }
+    }
+
+    /// Names for a Redis Cluster. The prefix holds no `{` or `}` (the configuration refuses
+    /// them), so the user's tag is the first in every name.
+    pub fn cluster(prefix: &str) -> Keys {
+        Keys {
+            prefix: prefix.to_owned(),
+            cluster: true,
         }
     }
 
     /// The hash holding the user's last ping.
     pub fn last(&self, user: &str) -> String {
-        format!("{}last:{user}", self.prefix)
+        self.name("last:", user)
     }
 
     /// The channel the user's pings are published on.
     pub fn channel(&self, user: &str) -> String {
-        format!("{}ping:{user}", self.prefix)
+        self.name("ping:", user)
+    }
+
+    fn name(&self, kind: &str, user: &str) -> String {
+        match self.cluster {
+            true => format!("{}{kind}{{u:{user}}}", self.prefix),
+            false => format!("{}{kind}{user}", self.prefix),
+        }
+    }
+
+    /// The command that publishes on a [`channel`](Self::channel).
+    pub fn publish_command(&self) -> &'static str {
+        match self.cluster {
+            true => "SPUBLISH",
+            false => "PUBLISH",
+        }
     }
 
     /// The `PSUBSCRIBE` pattern matching every user's channel, and no other.
@@ -57,7 +89,11 @@ impl Keys {
 
     /// The user whose channel this is.
     pub fn user_of_channel<'a>(&self, channel: &'a str) -> Option<&'a str> {
-        channel.strip_prefix(&self.prefix)?.strip_prefix("ping:")
+        let user = channel.strip_prefix(&self.prefix)?.strip_prefix("ping:")?;
+        match self.cluster {
+            true => user.strip_prefix("{u:")?.strip_suffix('}'),
+            false => Some(user),
+        }
     }
 
     /// Adds the read of `user`'s last ping to `pipe`; [`parse_last`] reads its reply.
@@ -95,6 +131,7 @@ pub fn parse_message(payload: &str) -> Option<LastPing> {
 pub struct Record {
     key: String,
     channel: String,
+    publish: &'static str,
     /// UTC epoch seconds.
     pub time: u64,
     status: String,
@@ -106,6 +143,7 @@ impl Record {
         Record {
             key: keys.last(user),
             channel: keys.channel(user),
+            publish: keys.publish_command(),
             time: now_micros / 1_000_000,
             status: status.to_owned(),
             now_micros,
@@ -122,7 +160,13 @@ impl Record {
             .arg(self.time)
             .arg(&self.status)
             .arg(&self.channel)
-            .arg(self.now_micros);
+            .arg(self.now_micros)
+            .arg(self.publish);
+    }
+
+    /// The user's hash, which decides the node a cluster runs the call on.
+    pub fn key(&self) -> &str {
+        &self.key
     }
 }
 
@@ -185,8 +229,28 @@ mod tests {
                 "1700000000",
                 "busy",
                 "hb:ping:u",
-                "1700000000123456"
+                "1700000000123456",
+                "PUBLISH"
             ]
         );
+    }
+
+    #[test]
+    fn on_a_cluster_the_hash_and_channel_share_the_users_slot() {
+        use super::super::slot::slot;
+        let keys = Keys::cluster("hb:");
+        assert_eq!(keys.last("alice"), "hb:last:{u:alice}");
+        assert_eq!(keys.channel("alice"), "hb:ping:{u:alice}");
+        assert_eq!(keys.publish_command(), "SPUBLISH");
+        for user in ["alice", "}", "}x", "a}b", "{", "{x}", "u 1", "\u{e9}"] {
+            let (last, channel) = (keys.last(user), keys.channel(user));
+            assert_eq!(slot(last.as_bytes()), slot(channel.as_bytes()), "{user:?}");
+            assert_eq!(keys.user_of_channel(&channel), Some(user));
+        }
+        assert_ne!(
+            slot(keys.last("alice").as_bytes()),
+            slot(keys.last("bob").as_bytes())
+        );
+        assert_eq!(keys.user_of_channel("hb:ping:alice"), None);
     }
 }

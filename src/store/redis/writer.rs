@@ -17,26 +17,35 @@
 //! Every ping carries its deadline. A writer answers a ping whose deadline has passed with an
 //! error instead of sending it, and gives a batch only the time its oldest ping has left, so a
 //! ping is answered within about the Redis timeout even when Redis is frozen.
+//!
+//! On a cluster a batch is split by the node that serves each ping's user, one pipeline per
+//! node, nodes that answer first: a shard that is down refuses its own pings fast and delays
+//! no other shard's. A ping answered `MOVED` or `ASK` is sent again where it was pointed to,
+//! within its deadline.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
-use redis::{ConnectionLike, RedisError, Script};
+use redis::{ConnectionLike, FromRedisValue, RedisError, Script, ServerErrorKind, Value};
 
-use super::connect::{Connector, Link, unavailable};
+use super::connect::{Link, unavailable};
+use super::node::{Node, Router};
 use super::schema::{RECORD_SCRIPT, Record};
 use crate::metrics::Metrics;
 use crate::store::StoreError;
 use crate::worker::Worker;
 
-/// Writer threads, each with one connection: two, so one batch can be on its way while the
-/// replies of another are read.
+/// Writer threads, each with one connection per node: two, so one batch can be on its way
+/// while the replies of another are read.
 const WRITERS: usize = 2;
 /// Most pings in one pipeline.
 const BATCH: usize = 128;
 /// Pings that may wait for a writer; more are refused as busy.
 const QUEUE: usize = 8192;
+/// Most times a ping is sent: redirects and a reloaded script each take one more.
+const ATTEMPTS: usize = 4;
 
 /// What the writers' queue carries.
 enum Message {
@@ -53,6 +62,12 @@ struct Job {
     reply: Sender<Result<u64, StoreError>>,
 }
 
+impl Job {
+    fn answer(&self, result: Result<u64, StoreError>) {
+        let _ = self.reply.send(result);
+    }
+}
+
 /// The ping side of the writers: queues a ping and waits for its sequence number.
 pub struct Writers {
     jobs: Sender<Message>,
@@ -60,7 +75,7 @@ pub struct Writers {
 
 impl Writers {
     pub fn start(
-        connector: Arc<Connector>,
+        router: Arc<dyn Router>,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<(Writers, Vec<Worker>)> {
         let (jobs, queue) = crossbeam_channel::bounded(QUEUE);
@@ -69,10 +84,10 @@ impl Writers {
         for n in 0..WRITERS {
             let writer = Writer {
                 queue: queue.clone(),
-                connector: Arc::clone(&connector),
+                router: Arc::clone(&router),
                 script_hash: script_hash.clone(),
                 metrics: Arc::clone(&metrics),
-                link: None,
+                links: HashMap::new(),
             };
             let stop = jobs.clone();
             workers.push(Worker::spawn(
@@ -111,12 +126,27 @@ impl Writers {
     }
 }
 
+/// Where a ping goes next: the node, and whether an `ASK` sent it there.
+struct Attempt {
+    job: Job,
+    to: Arc<Node>,
+    asking: bool,
+}
+
+/// What became of one ping sent in a pipeline.
+enum Outcome {
+    Done,
+    /// Send it again, as given.
+    Again(Attempt),
+}
+
 struct Writer {
     queue: Receiver<Message>,
-    connector: Arc<Connector>,
+    router: Arc<dyn Router>,
     script_hash: String,
     metrics: Arc<Metrics>,
-    link: Option<Link>,
+    /// One connection per node, by address.
+    links: HashMap<String, Link>,
 }
 
 impl Writer {
@@ -139,76 +169,184 @@ impl Writer {
                     .then(|| self.queue.try_recv().ok())
                     .flatten();
             }
-            let now = Instant::now();
-            batch.retain(|job| {
-                let live = job.deadline > now;
-                if !live {
-                    let _ = job.reply.send(Err(StoreError::Unavailable(
-                        "Redis did not answer in time".into(),
-                    )));
+            let mut sends = Vec::with_capacity(batch.len());
+            for job in batch {
+                match self.router.node_for(job.record.key()) {
+                    Ok(to) => sends.push(Attempt {
+                        job,
+                        to,
+                        asking: false,
+                    }),
+                    Err(e) => job.answer(Err(e)),
                 }
-                live
-            });
-            let Some(deadline) = batch.iter().map(|job| job.deadline).min() else {
+            }
+            for _ in 0..ATTEMPTS {
+                if sends.is_empty() {
+                    break;
+                }
+                sends = self.send_all(sends);
+            }
+            for send in sends {
+                send.job.answer(Err(StoreError::Unavailable(format!(
+                    "Redis Cluster kept redirecting the ping (last to {})",
+                    send.to.addr
+                ))));
+            }
+        }
+    }
+
+    /// Sends each node its pings as one pipeline; returns the pings to send again.
+    fn send_all(&mut self, sends: Vec<Attempt>) -> Vec<Attempt> {
+        let now = Instant::now();
+        let mut by_node: Vec<(Arc<Node>, Vec<Attempt>)> = Vec::new();
+        for send in sends {
+            if send.job.deadline <= now {
+                send.job.answer(Err(StoreError::Unavailable(
+                    "Redis did not answer in time".into(),
+                )));
+                continue;
+            }
+            match by_node
+                .iter_mut()
+                .find(|(node, _)| node.addr == send.to.addr)
+            {
+                Some((_, group)) => group.push(send),
+                None => by_node.push((Arc::clone(&send.to), vec![send])),
+            }
+        }
+        // Nodes with a connection open first: one whose connection failed (a shard down)
+        // goes last, so it delays nobody.
+        by_node.sort_by_key(|(node, _)| !self.links.contains_key(&node.addr));
+        let mut again = Vec::new();
+        for (node, group) in by_node {
+            let Some(deadline) = group.iter().map(|send| send.job.deadline).min() else {
                 continue;
             };
-            match self.send(&batch, deadline) {
-                Ok(seqs) => {
-                    for (job, seq) in batch.iter().zip(seqs) {
-                        let _ = job.reply.send(Ok(seq));
+            match self.send(&node, &group, deadline) {
+                Ok(replies) => {
+                    let mut reload = false;
+                    for (send, reply) in group.into_iter().zip(replies) {
+                        match self.settle(send, reply, &mut reload) {
+                            Outcome::Done => {}
+                            Outcome::Again(send) => again.push(send),
+                        }
+                    }
+                    if reload && let Err(e) = self.load_script(&node, deadline) {
+                        log::debug!("cannot load the script on {}: {e}", node.addr);
                     }
                 }
                 Err(e) => {
                     Metrics::count(&self.metrics.redis_errors_total);
+                    self.router.failed(&node);
                     let error = unavailable(e);
-                    for job in &batch {
-                        let _ = job.reply.send(Err(error.clone()));
+                    for send in &group {
+                        send.job.answer(Err(error.clone()));
                     }
                 }
             }
         }
+        again
     }
 
-    /// Runs the batch as one pipeline. A reused connection whose server is gone, and a script
-    /// cache that Redis lost (a restarted Redis has both), each get one more try: in both
-    /// cases nothing ran.
-    fn send(&mut self, batch: &[Job], deadline: Instant) -> Result<Vec<u64>, RedisError> {
-        let mut reused = self.link.as_ref().is_some_and(|link| link.con.is_open());
-        let mut loaded = false;
-        loop {
-            match self.try_send(batch, deadline) {
-                Err(e) if reused && e.is_connection_dropped() => {
-                    log::debug!("the writer's Redis connection was dropped ({e}); reconnecting");
-                    reused = false;
-                }
-                Err(e)
-                    if !loaded
-                        && e.kind()
-                            == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-                {
-                    let link = self.link.as_mut().expect("a connection answered NOSCRIPT");
-                    redis::cmd("SCRIPT")
-                        .arg("LOAD")
-                        .arg(RECORD_SCRIPT)
-                        .query::<String>(&mut link.con)?;
-                    loaded = true;
-                }
-                other => return other,
+    /// Answers the ping from its reply, or says where to send it again.
+    fn settle(&self, send: Attempt, reply: Value, reload: &mut bool) -> Outcome {
+        let error = match reply {
+            Value::ServerError(error) => error,
+            value => {
+                let seq = u64::from_redis_value(value).map_err(|e| {
+                    StoreError::Unavailable(format!("unexpected reply from Redis: {e}"))
+                });
+                send.job.answer(seq);
+                return Outcome::Done;
+            }
+        };
+        let addr = error
+            .details()
+            .and_then(|d| d.split_once(' '))
+            .map(|(_slot, addr)| addr);
+        let redirect = match (error.kind(), addr) {
+            (Some(ServerErrorKind::Moved), Some(addr)) => self
+                .router
+                .moved(send.job.record.key(), addr)
+                .map(|to| (to, false)),
+            (Some(ServerErrorKind::Ask), Some(addr)) => {
+                self.router.node_at(addr).map(|to| (to, true))
+            }
+            (Some(ServerErrorKind::NoScript), _) => {
+                // A restarted or new node lost the script cache: load it, then again.
+                *reload = true;
+                Some((send.to.clone(), send.asking))
+            }
+            _ => None,
+        };
+        match redirect {
+            Some((to, asking)) => Outcome::Again(Attempt {
+                job: send.job,
+                to,
+                asking,
+            }),
+            None => {
+                Metrics::count(&self.metrics.redis_errors_total);
+                send.job.answer(Err(StoreError::Unavailable(format!(
+                    "Redis refused the ping: {}",
+                    error.to_string().replace(['\r', '\n'], " ")
+                ))));
+                Outcome::Done
             }
         }
     }
 
-    fn try_send(&mut self, batch: &[Job], deadline: Instant) -> Result<Vec<u64>, RedisError> {
-        let mut link = self.connector.ready(self.link.take(), deadline)?;
+    /// Runs `group` on `node` as one pipeline. A reused connection whose server is gone (a
+    /// restarted Redis) gets one more try: nothing ran.
+    fn send(
+        &mut self,
+        node: &Node,
+        group: &[Attempt],
+        deadline: Instant,
+    ) -> Result<Vec<Value>, RedisError> {
         let mut pipe = redis::pipe();
-        for job in batch {
-            job.record.add_to(&mut pipe, &self.script_hash);
+        pipe.ignore_errors();
+        for send in group {
+            if send.asking {
+                pipe.cmd("ASKING").ignore();
+            }
+            send.job.record.add_to(&mut pipe, &self.script_hash);
         }
-        let result = pipe.query::<Vec<u64>>(&mut link.con);
-        // A server error (NOSCRIPT) leaves the connection usable; a broken one is dropped.
+        let reused = self
+            .links
+            .get(&node.addr)
+            .is_some_and(|link| link.con.is_open());
+        match self.query(node, &pipe, deadline) {
+            Err(e) if reused && e.is_connection_dropped() => {
+                log::debug!(
+                    "the writer's connection to {} was dropped ({e}); reconnecting",
+                    node.addr
+                );
+                self.query(node, &pipe, deadline)
+            }
+            other => other,
+        }
+    }
+
+    fn query<T: FromRedisValue>(
+        &mut self,
+        node: &Node,
+        pipe: &redis::Pipeline,
+        deadline: Instant,
+    ) -> Result<T, RedisError> {
+        let reused = self.links.remove(&node.addr);
+        let mut link = node.connector.ready(reused, deadline)?;
+        let result = pipe.query::<T>(&mut link.con);
+        // A server error leaves the connection usable; a broken one is dropped.
         if result.as_ref().map_or_else(|e| !e.is_io_error(), |_| true) {
-            self.link = Some(link);
+            self.links.insert(node.addr.clone(), link);
         }
         result
+    }
+
+    fn load_script(&mut self, node: &Node, deadline: Instant) -> Result<(), RedisError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("SCRIPT").arg("LOAD").arg(RECORD_SCRIPT);
+        self.query::<(String,)>(node, &pipe, deadline).map(drop)
     }
 }

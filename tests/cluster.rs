@@ -1,0 +1,280 @@
+//! `REDIS=cluster://...`: a real Redis Cluster of three masters with a replica each, and the
+//! real binary. Pings of users in every shard reach streams on another instance; an instance
+//! without streams receives no pings; a master killed fails over to its replica, and every
+//! subscriber gets what it missed; a slot moved between masters keeps its pings flowing.
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use support::{Cluster, Heartbeat, SOON, key_prefix, wait_until};
+
+/// `?user=a&user=b...` for ids that need no encoding.
+fn query(users: &[String]) -> String {
+    let pairs: Vec<String> = users.iter().map(|u| format!("user={u}")).collect();
+    format!("?{}", pairs.join("&"))
+}
+
+/// The hash heartbeat keeps `user`'s last ping in, on a cluster.
+fn last_key(user: &str) -> String {
+    format!("{}last:{{u:{user}}}", key_prefix())
+}
+
+/// One user id per master, unique to this run, named after `name`.
+fn one_user_per_master(cluster: &Cluster, name: &str) -> Vec<String> {
+    let mut by_master: HashMap<usize, String> = HashMap::new();
+    for n in 0.. {
+        let user = format!("{name}{n}-{}", std::process::id());
+        by_master
+            .entry(cluster.master_of(&last_key(&user)))
+            .or_insert(user);
+        if by_master.len() == 3 {
+            break;
+        }
+    }
+    let mut users: Vec<(usize, String)> = by_master.into_iter().collect();
+    users.sort();
+    users.into_iter().map(|(_, user)| user).collect()
+}
+
+/// Starts heartbeat on the cluster and waits until `/healthz` says every shard is up.
+fn heartbeat_on(cluster: &Cluster) -> Heartbeat {
+    let heartbeat = Heartbeat::start(&cluster.url());
+    let healthy = wait_until(Duration::from_secs(10), || {
+        heartbeat.get("/healthz").status == 200
+    });
+    assert!(
+        healthy.is_ok(),
+        "not healthy: {}",
+        heartbeat.get("/healthz").body
+    );
+    heartbeat
+}
+
+/// Reads `n` events of a many-user stream: each user's `(id, status)`, the last one kept.
+fn read_events(stream: &mut support::Sse, n: usize) -> HashMap<String, (u64, String)> {
+    let mut seen = HashMap::new();
+    for _ in 0..n {
+        let (id, (user, _, status)) = stream.expect_user_ping(Duration::from_secs(5));
+        seen.insert(user, (id, status));
+    }
+    seen
+}
+
+fn feed_messages(heartbeat: &Heartbeat) -> f64 {
+    heartbeat
+        .sample("heartbeat_feed_messages_total")
+        .expect("heartbeat_feed_messages_total in /metrics")
+}
+
+#[test]
+fn pings_in_every_shard_reach_another_instance_and_an_instance_without_streams_gets_none() {
+    let cluster = Cluster::start();
+    let pinger = heartbeat_on(&cluster);
+    let watcher = heartbeat_on(&cluster);
+    let idle = heartbeat_on(&cluster);
+    let health: serde_json::Value = serde_json::from_str(&watcher.get("/healthz").body).unwrap();
+    assert_eq!(health["store"], "redis-cluster");
+    let users = one_user_per_master(&cluster, "shard");
+    let never = format!("never-{}", std::process::id());
+
+    // Cached pings: stored before the stream opens, one in each shard.
+    for user in &users {
+        pinger.ping(user, "cached").assert_ok();
+    }
+    let mut watched = users.clone();
+    watched.push(never.clone());
+    let mut stream = watcher.subscribe(&format!("/subscribe{}", query(&watched)));
+    assert_eq!(stream.head.status, 200);
+    let cached = read_events(&mut stream, 3);
+    assert_eq!(
+        cached.keys().collect::<HashSet<_>>(),
+        users.iter().collect::<HashSet<_>>()
+    );
+    assert!(cached.values().all(|(_, status)| status == "cached"));
+    // The resync after each new subscription may repeat a cached ping; the stream skips
+    // what it has sent already, so nothing else arrives.
+    stream.expect_no_data(Duration::from_millis(300));
+    let channels = wait_until(SOON, || {
+        watcher.sample("heartbeat_feed_channels") == Some(watched.len() as f64)
+    });
+    assert!(
+        channels.is_ok(),
+        "the watcher holds one channel per watched user: {:?}",
+        watcher.sample("heartbeat_feed_channels")
+    );
+    assert_eq!(idle.sample("heartbeat_feed_channels"), Some(0.0));
+
+    // Live pings, from another instance, in every shard; the idle instance receives none.
+    let idle_before = feed_messages(&idle);
+    let watcher_before = feed_messages(&watcher);
+    for round in 0..5 {
+        for user in &users {
+            pinger.ping(user, &format!("live{round}")).assert_ok();
+        }
+        let live = read_events(&mut stream, 3);
+        for user in &users {
+            assert_eq!(live[user].1, format!("live{round}"), "{user}");
+            assert!(live[user].0 > cached[user].0);
+        }
+    }
+    assert_eq!(feed_messages(&watcher) - watcher_before, 15.0);
+    assert_eq!(
+        feed_messages(&idle),
+        idle_before,
+        "an instance without streams subscribes to nothing"
+    );
+    assert_eq!(feed_messages(&pinger), 0.0);
+
+    // /status reads every shard.
+    let status: serde_json::Value =
+        serde_json::from_str(&pinger.get(&format!("/status{}", query(&watched))).body).unwrap();
+    for user in &users {
+        assert_eq!(status[user]["status"], "live4", "{status}");
+    }
+    assert!(status[&never].is_null());
+
+    // The last stream gone, its channels are let go.
+    drop(stream);
+    let released = wait_until(SOON, || {
+        watcher.sample("heartbeat_feed_channels") == Some(0.0)
+    });
+    assert!(released.is_ok(), "channels left after the stream closed");
+    pinger.ping(&users[0], "unwatched").assert_ok();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(feed_messages(&watcher) - watcher_before, 15.0);
+}
+
+#[test]
+fn a_killed_master_fails_over_and_every_subscriber_gets_what_it_missed() {
+    let mut cluster = Cluster::start();
+    let one = heartbeat_on(&cluster);
+    let two = heartbeat_on(&cluster);
+    let users = one_user_per_master(&cluster, "failover");
+    let victim = users[0].clone();
+    let path = format!("/subscribe{}", query(&users));
+    let mut streams = [one.subscribe(&path), two.subscribe(&path)];
+    for user in &users {
+        one.ping(user, "before").assert_ok();
+    }
+    for stream in &mut streams {
+        let seen = read_events(stream, 3);
+        assert!(seen.values().all(|(_, s)| s == "before"), "{seen:?}");
+    }
+
+    // A ping stored on the master and copied to its replica but never published, as one
+    // published while a feed was down would be: only the resync after the feeds subscribe
+    // at the new master can deliver it.
+    let master = cluster.master_of(&last_key(&victim));
+    let script = "redis.call('HSET', KEYS[1], 'seq', ARGV[1], 'time', ARGV[2], 'status', 'missed')";
+    let seq = now_micros();
+    let _: () = cluster.nodes[master].query(
+        redis::cmd("EVAL")
+            .arg(script)
+            .arg(1)
+            .arg(last_key(&victim))
+            .arg(seq)
+            .arg(seq / 1_000_000),
+    );
+    let copied: i64 = cluster.nodes[master].query(redis::cmd("WAIT").arg(1).arg(2000));
+    assert_eq!(copied, 1, "the replica has the missed ping");
+
+    let master_port = cluster.kill_master_of(&last_key(&victim));
+    // While the shard is down: its pings are refused fast, the other shards' served.
+    let began = Instant::now();
+    let refused = one.ping(&victim, "during");
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert!(
+        began.elapsed() < Duration::from_millis(500),
+        "refused in {:?}",
+        began.elapsed()
+    );
+    for user in &users[1..] {
+        let began = Instant::now();
+        one.ping(user, "during").assert_ok();
+        assert!(began.elapsed() < Duration::from_millis(500));
+    }
+    for stream in &mut streams {
+        let seen = read_events(stream, 2);
+        assert!(seen.values().all(|(_, s)| s == "during"), "{seen:?}");
+    }
+    let health = one.get("/healthz");
+    assert_eq!(health.status, 503);
+    assert!(
+        health
+            .body
+            .contains(&format!("shard 127.0.0.1:{master_port}")),
+        "{}",
+        health.body
+    );
+
+    let took = cluster.wait_for_failover(&last_key(&victim), master_port);
+    eprintln!("failover took {took:?}");
+    for heartbeat in [&one, &two] {
+        let healthy = wait_until(Duration::from_secs(10), || {
+            heartbeat.get("/healthz").status == 200
+        });
+        assert!(healthy.is_ok(), "{}", heartbeat.get("/healthz").body);
+    }
+    // Both streams get the ping they missed, from the resync at the new master.
+    for stream in &mut streams {
+        let seen = read_events(stream, 1);
+        assert_eq!(seen[&victim], (seq, "missed".to_owned()));
+    }
+    // And live pings of the shard again, on both instances.
+    let served = wait_until(Duration::from_secs(5), || {
+        one.ping(&victim, "after").status == 200
+    });
+    assert!(
+        served.is_ok(),
+        "pings of the failed-over shard are served again"
+    );
+    for stream in &mut streams {
+        let seen = read_events(stream, 1);
+        assert_eq!(seen[&victim].1, "after");
+    }
+    assert!(!one.exited() && !two.exited(), "both instances alive");
+}
+
+#[test]
+fn a_slot_moved_between_masters_keeps_its_pings_stored_and_delivered() {
+    let cluster = Cluster::start();
+    let pinger = heartbeat_on(&cluster);
+    let watcher = heartbeat_on(&cluster);
+    let users = one_user_per_master(&cluster, "moved");
+    let mover = users[0].clone();
+    let mut stream = watcher.subscribe(&format!("/subscribe{}", query(&users)));
+    pinger.ping(&mover, "before").assert_ok();
+    assert_eq!(read_events(&mut stream, 1)[&mover].1, "before");
+
+    // A ping while its key has moved but the slot has not (the old master answers ASK):
+    // stored at the new master, published where nobody listens yet.
+    let to = cluster.move_slot_of(&last_key(&mover), || {
+        pinger.ping(&mover, "asked").assert_ok();
+    });
+    assert_eq!(cluster.master_of(&last_key(&mover)), to);
+    // The watcher's feed, let go by the old master, subscribes at the new one and its
+    // resync delivers the ping it could not hear.
+    assert_eq!(read_events(&mut stream, 1)[&mover].1, "asked");
+    // Live again: the pinger's stale map gets MOVED and follows it.
+    for n in 0..3 {
+        pinger.ping(&mover, &format!("moved{n}")).assert_ok();
+        assert_eq!(read_events(&mut stream, 1)[&mover].1, format!("moved{n}"));
+    }
+    for user in &users[1..] {
+        pinger.ping(user, "others").assert_ok();
+    }
+    let seen = read_events(&mut stream, 2);
+    assert!(seen.values().all(|(_, s)| s == "others"), "{seen:?}");
+    let stored: Option<String> =
+        cluster.nodes[to].query(redis::cmd("HGET").arg(last_key(&mover)).arg("status"));
+    assert_eq!(stored.as_deref(), Some("moved2"));
+}
+
+fn now_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
