@@ -1,6 +1,7 @@
 # Shared by scripts/bench.sh and scripts/scaling.sh (sourced, not run): a scratch directory
 # and every process started, ended on exit; free ports; bounded waits; a private
-# redis-server (sets redis_port); heartbeats on it (start_heartbeat sets port and hb_pid).
+# redis-server (sets redis_port) or a Redis Cluster of three masters (start_cluster sets
+# cluster_ports and redis_url); heartbeats on it (start_heartbeat sets port and hb_pid).
 # The caller sets hb (the binary) and key_prefix before starting heartbeats.
 
 work=$(mktemp -d)
@@ -36,12 +37,14 @@ wait_for() {
 }
 
 redis_ping() { [ "$(redis-cli -p "$1" ping 2>/dev/null)" = PONG ]; }
-start_redis() { # sets redis_port; a port lost to a race is retried on another
-  local try redis_pid
+start_redis() { # [ARGS...]: sets redis_port; a port lost to a race is retried on another
+  local try redis_pid dir
   for try in 1 2 3 4 5; do
     redis_port=$(free_port)
+    dir="$work/redis-$redis_port"
+    mkdir -p "$dir"
     redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no \
-      --dir "$work" --logfile "$work/redis.log" &
+      --dir "$dir" --logfile "$work/redis.log" "$@" &
     redis_pid=$!
     if wait_for redis-server "$redis_pid" 10 redis_ping "$redis_port"; then
       pids+=("$redis_pid")
@@ -53,12 +56,29 @@ start_redis() { # sets redis_port; a port lost to a race is retried on another
   exit 1
 }
 
+# Three cluster-enabled masters joined by redis-cli (no replicas); sets cluster_ports and
+# redis_url. Each node also takes its port + 10000 (the cluster bus); a node that cannot
+# bind it exits, and start_redis tries another port.
+start_cluster() {
+  local addrs=() n
+  cluster_ports=()
+  for n in 1 2 3; do
+    start_redis --cluster-enabled yes --cluster-node-timeout 2000 --cluster-config-file nodes.conf
+    cluster_ports+=("$redis_port")
+    addrs+=("127.0.0.1:$redis_port")
+  done
+  redis-cli --cluster create "${addrs[@]}" --cluster-replicas 0 --cluster-yes >"$work/cluster.log"
+  cluster_ok() { redis-cli -p "$1" cluster info | grep -q cluster_state:ok; }
+  for n in "${cluster_ports[@]}"; do wait_for "cluster node $n" "${pids[-1]}" 20 cluster_ok "$n"; done
+  redis_url="cluster://127.0.0.1:${cluster_ports[0]}"
+}
+
 healthy() { curl -sf --max-time 2 "http://127.0.0.1:$1/healthz"; }
 start_heartbeat() { # sets port and hb_pid; a port lost to a race is retried on another
   local try
   for try in 1 2 3 4 5; do
     port=$(free_port)
-    LISTEN="127.0.0.1:$port" REDIS="127.0.0.1:$redis_port" KEY_PREFIX="$key_prefix" LOG_LEVEL=warn \
+    LISTEN="127.0.0.1:$port" REDIS="${redis_url:-127.0.0.1:$redis_port}" KEY_PREFIX="$key_prefix" LOG_LEVEL=warn \
       "$hb" 2>>"$work/heartbeat.log" &
     hb_pid=$!
     pids+=("$hb_pid")

@@ -1,8 +1,14 @@
 -- wrk script: POST /ping as a different user each request (1,000 users per wrk thread),
 -- with the claim the auth proxy would set.
 --   wrk -t2 -c32 -d10s --latency -s scripts/wrk-ping.lua http://127.0.0.1:8080
+-- WRK_DELAY_MS=N makes each connection wait N ms after each answer: a paced load (about
+-- connections * 1000 / N pings/s while answers are fast) instead of as fast as possible.
 local n = 0
 local body = '{"status":"1"}'
+local pause = tonumber(os.getenv("WRK_DELAY_MS") or "")
+if pause and pause > 0 then
+  delay = function() return pause end
+end
 
 request = function()
   n = n + 1
