@@ -217,10 +217,21 @@ fn a_killed_master_fails_over_and_every_subscriber_gets_what_it_missed() {
         });
         assert!(healthy.is_ok(), "{}", heartbeat.get("/healthz").body);
     }
-    // Both streams get the ping they missed, from the resync at the new master.
+    // Shown if what follows fails.
+    eprintln!(
+        "instance one:\n{}\ninstance two:\n{}",
+        one.logs(),
+        two.logs()
+    );
+    // Both streams get the ping they missed, from the resync at the new master. (Once in
+    // CI it did not come within 5 s, not reproduced in 7 runs here: the window is 15 s and
+    // the instances' logs above are kept for a failure.)
     for stream in &mut streams {
-        let seen = read_events(stream, 1);
-        assert_eq!(seen[&victim], (seq, "missed".to_owned()));
+        let (id, (user, _, status)) = stream.expect_user_ping(Duration::from_secs(15));
+        assert_eq!(
+            (user, id, status),
+            (victim.clone(), seq, "missed".to_owned())
+        );
     }
     // And live pings of the shard again, on both instances.
     let served = wait_until(Duration::from_secs(5), || {
