@@ -126,7 +126,7 @@ pub fn run() -> Result<(), Error> {
                 Arc::clone(&metrics),
             )
             .map_err(|e| Error::Setup(format!("redis client for {}: {e}", config.store)))?;
-            workers.extend(writers);
+            workers.push(writers);
             let store = Arc::new(store);
             let (cached, worker) = CachedReads::start(store.clone(), Arc::clone(&hub))
                 .map_err(setup("cached-reads thread"))?;
@@ -151,7 +151,7 @@ pub fn run() -> Result<(), Error> {
                 Arc::clone(&metrics),
             )
             .map_err(|e| Error::Setup(format!("redis cluster client for {}: {e}", config.store)))?;
-            workers.extend(writers);
+            workers.push(writers);
             let store = Arc::new(store);
             let (cached, worker) = CachedReads::start(store.clone(), Arc::clone(&hub))
                 .map_err(setup("cached-reads thread"))?;

@@ -283,6 +283,61 @@ fn a_slot_moved_between_masters_keeps_its_pings_stored_and_delivered() {
     assert_eq!(stored.as_deref(), Some("moved2"));
 }
 
+#[test]
+fn a_frozen_master_delays_only_its_own_shards_pings() {
+    let cluster = Cluster::start();
+    let heartbeat =
+        Heartbeat::start_with(&[("REDIS", &cluster.url()), ("REDIS_TIMEOUT_MS", "500")]);
+    let healthy = wait_until(Duration::from_secs(10), || {
+        heartbeat.get("/healthz").status == 200
+    });
+    assert!(healthy.is_ok(), "{}", heartbeat.get("/healthz").body);
+    let users = one_user_per_master(&cluster, "frozen");
+    for user in &users {
+        heartbeat.ping(user, "warm").assert_ok();
+    }
+    let frozen = cluster.master_of(&last_key(&users[0]));
+    // Frozen (SIGSTOP) for well under the cluster's 2 s node timeout: no failover, just a
+    // master that does not answer.
+    cluster.nodes[frozen].pause();
+    std::thread::scope(|scope| {
+        // Enough pings of the frozen shard to keep every writer it has busy.
+        let stuck: Vec<_> = (0..3)
+            .map(|n| {
+                std::thread::sleep(Duration::from_millis(10));
+                let heartbeat = &heartbeat;
+                let user = &users[0];
+                scope.spawn(move || {
+                    let began = Instant::now();
+                    (heartbeat.ping(user, &format!("frozen{n}")), began.elapsed())
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(30));
+        for round in 0..5 {
+            for user in &users[1..] {
+                let began = Instant::now();
+                heartbeat.ping(user, &format!("live{round}")).assert_ok();
+                assert!(
+                    began.elapsed() < Duration::from_millis(100),
+                    "a ping of another shard took {:?}",
+                    began.elapsed()
+                );
+            }
+        }
+        for ping in stuck {
+            let (reply, took) = ping.join().unwrap();
+            assert_eq!(reply.status, 503, "{}", reply.body);
+            assert!(took < Duration::from_secs(1), "refused after {took:?}");
+        }
+    });
+    cluster.nodes[frozen].resume();
+    let served = wait_until(Duration::from_secs(5), || {
+        heartbeat.ping(&users[0], "thawed").status == 200
+    });
+    assert!(served.is_ok(), "the thawed shard serves pings again");
+}
+
 fn now_micros() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -51,10 +51,10 @@ impl RedisStore {
         pool_size: usize,
         timeout: Duration,
         metrics: Arc<Metrics>,
-    ) -> Result<(RedisStore, Vec<Worker>), RedisError> {
+    ) -> Result<(RedisStore, Worker), RedisError> {
         let node = Arc::new(Node::new(url, url, pool_size, timeout)?);
         let router = Arc::new(OneNode(Arc::clone(&node)));
-        let (writers, workers) = Writers::start(router, Arc::clone(&metrics))?;
+        let (writers, worker) = Writers::start(router, &[Arc::clone(&node)], Arc::clone(&metrics))?;
         let store = RedisStore {
             node,
             keys: Keys::new(prefix),
@@ -63,7 +63,7 @@ impl RedisStore {
             feed: Arc::default(),
             metrics,
         };
-        Ok((store, workers))
+        Ok((store, worker))
     }
 
     /// Starts the `redis-psubscribe` thread, which hands this store's pings, from every

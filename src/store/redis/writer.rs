@@ -1,4 +1,4 @@
-//! The `redis-writer` threads: pings stored through pipelines.
+//! The `redis-writer` threads: pings stored through pipelines, two threads per Redis node.
 //!
 //! Measured here: Redis with a pattern subscriber attached (every heartbeat instance has one)
 //! runs about 33,000 unpipelined script calls a second, and 100,000 pipelined 16 deep. So ping
@@ -18,16 +18,17 @@
 //! error instead of sending it, and gives a batch only the time its oldest ping has left, so a
 //! ping is answered within about the Redis timeout even when Redis is frozen.
 //!
-//! On a cluster a batch is split by the node that serves each ping's user, one pipeline per
-//! node, nodes that answer first: a shard that is down refuses its own pings fast and delays
-//! no other shard's. A ping answered `MOVED` or `ASK` is sent again where it was pointed to,
-//! within its deadline.
+//! Each node has its own two writer threads and queue (on a cluster, started when a ping first
+//! goes to that master), so a shard that is down or frozen holds up only its own pings: the
+//! others' writers go on. A ping answered `MOVED` or `ASK` is handed to the writers of the node
+//! it was pointed to, within its deadline; a node that lost the script cache gets it loaded.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use parking_lot::Mutex;
 use redis::{ConnectionLike, FromRedisValue, RedisError, Script, ServerErrorKind, Value};
 
 use super::connect::{Link, unavailable};
@@ -35,19 +36,19 @@ use super::node::{Node, Router};
 use super::schema::{RECORD_SCRIPT, Record};
 use crate::metrics::Metrics;
 use crate::store::StoreError;
-use crate::worker::Worker;
+use crate::worker::{self, Worker};
 
-/// Writer threads, each with one connection per node: two, so one batch can be on its way
+/// Writer threads per node, each with one connection: two, so one batch can be on its way
 /// while the replies of another are read.
 const WRITERS: usize = 2;
 /// Most pings in one pipeline.
 const BATCH: usize = 128;
-/// Pings that may wait for a writer; more are refused as busy.
+/// Pings that may wait for a node's writers; more are refused as busy.
 const QUEUE: usize = 8192;
-/// Most times a ping is sent: redirects and a reloaded script each take one more.
-const ATTEMPTS: usize = 4;
+/// Most times a ping is handed to another node (`MOVED`, `ASK`).
+const REDIRECTS: u8 = 3;
 
-/// What the writers' queue carries.
+/// What a node's writer queue carries.
 enum Message {
     /// A ping to store and publish.
     Job(Job),
@@ -60,6 +61,9 @@ struct Job {
     record: Record,
     deadline: Instant,
     reply: Sender<Result<u64, StoreError>>,
+    /// Sent here by an `ASK`: the call goes after `ASKING`.
+    asking: bool,
+    redirects: u8,
 }
 
 impl Job {
@@ -68,54 +72,77 @@ impl Job {
     }
 }
 
-/// The ping side of the writers: queues a ping and waits for its sequence number.
+/// The ping side of the writers: queues a ping for its node and waits for its sequence
+/// number.
 pub struct Writers {
+    shared: Arc<Shared>,
+}
+
+/// What every writer thread shares: where pings go, and each node's queue and threads.
+struct Shared {
+    router: Arc<dyn Router>,
+    metrics: Arc<Metrics>,
+    script_hash: String,
+    nodes: Mutex<HashMap<String, Queue>>,
+}
+
+/// A node's writers.
+struct Queue {
     jobs: Sender<Message>,
+    workers: Vec<Worker>,
 }
 
 impl Writers {
+    /// Writers for the nodes `router` names, started for each of `nodes` now and for any
+    /// other node when a ping first goes there. The `redis-writers` worker stops and joins
+    /// them all at shutdown.
     pub fn start(
         router: Arc<dyn Router>,
+        nodes: &[Arc<Node>],
         metrics: Arc<Metrics>,
-    ) -> std::io::Result<(Writers, Vec<Worker>)> {
-        let (jobs, queue) = crossbeam_channel::bounded(QUEUE);
-        let script_hash = Script::new(RECORD_SCRIPT).get_hash().to_owned();
-        let mut workers = Vec::with_capacity(WRITERS);
-        for n in 0..WRITERS {
-            let writer = Writer {
-                queue: queue.clone(),
-                router: Arc::clone(&router),
-                script_hash: script_hash.clone(),
-                metrics: Arc::clone(&metrics),
-                links: HashMap::new(),
-            };
-            let stop = jobs.clone();
-            workers.push(Worker::spawn(
-                format!("redis-writer-{n}"),
-                move || writer.run(),
-                // Queued behind the pings already waiting, which are answered first.
-                move || drop(stop.send_timeout(Message::Stop, Duration::from_secs(1))),
-            )?);
+    ) -> std::io::Result<(Writers, Worker)> {
+        let shared = Arc::new(Shared {
+            router,
+            metrics,
+            script_hash: Script::new(RECORD_SCRIPT).get_hash().to_owned(),
+            nodes: Mutex::new(HashMap::new()),
+        });
+        for node in nodes {
+            shared.queue(node, false)?;
         }
-        Ok((Writers { jobs }, workers))
+        let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
+        let group = Arc::clone(&shared);
+        let worker = Worker::spawn(
+            "redis-writers",
+            move || {
+                let _ = stopped.recv();
+                let workers: Vec<Worker> = group
+                    .nodes
+                    .lock()
+                    .drain()
+                    .flat_map(|(_, queue)| queue.workers)
+                    .collect();
+                let panicked = worker::stop_all(workers);
+                assert!(panicked.is_empty(), "writers panicked: {panicked:?}");
+            },
+            move || drop(stop),
+        )?;
+        Ok((Writers { shared }, worker))
     }
 
     /// Stores and publishes a ping within `timeout`; returns its sequence number.
     pub fn record(&self, record: Record, timeout: Duration) -> Result<u64, StoreError> {
         let deadline = Instant::now() + timeout;
+        let node = self.shared.router.node_for(record.key())?;
         let (reply, answer) = crossbeam_channel::bounded(1);
         let job = Job {
             record,
             deadline,
             reply,
+            asking: false,
+            redirects: 0,
         };
-        match self.jobs.try_send(Message::Job(job)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => return Err(StoreError::Busy),
-            Err(TrySendError::Disconnected(_)) => {
-                return Err(StoreError::Unavailable("the Redis writers stopped".into()));
-            }
-        }
+        self.shared.send(&node, job)?;
         // The writer answers every ping by its deadline; the grace covers scheduling only.
         match answer.recv_deadline(deadline + Duration::from_millis(250)) {
             Ok(result) => result,
@@ -126,31 +153,86 @@ impl Writers {
     }
 }
 
-/// Where a ping goes next: the node, and whether an `ASK` sent it there.
-struct Attempt {
-    job: Job,
-    to: Arc<Node>,
-    asking: bool,
+impl Shared {
+    /// Queues `job` for `node`'s writers, starting them if need be; a job that cannot be
+    /// queued is answered with the error.
+    fn send(self: &Arc<Self>, node: &Arc<Node>, job: Job) -> Result<(), StoreError> {
+        let (error, message) = match self.queue(node, true) {
+            Ok(jobs) => match jobs.try_send(Message::Job(job)) {
+                Ok(()) => return Ok(()),
+                Err(TrySendError::Full(message)) => (StoreError::Busy, message),
+                Err(TrySendError::Disconnected(message)) => (
+                    StoreError::Unavailable("the Redis writers stopped".into()),
+                    message,
+                ),
+            },
+            Err(e) => (
+                StoreError::Unavailable(format!("cannot start a writer: {e}")),
+                Message::Job(job),
+            ),
+        };
+        if let Message::Job(job) = message {
+            job.answer(Err(error.clone()));
+        }
+        Err(error)
+    }
+
+    /// `node`'s queue; its writer threads are started on first use, with the node's address
+    /// in their names if `named` (not for a single Redis, whose URL may hold a password).
+    fn queue(self: &Arc<Self>, node: &Arc<Node>, named: bool) -> std::io::Result<Sender<Message>> {
+        let mut nodes = self.nodes.lock();
+        if let Some(queue) = nodes.get(&node.addr) {
+            return Ok(queue.jobs.clone());
+        }
+        let (jobs, waiting) = crossbeam_channel::bounded(QUEUE);
+        let mut workers = Vec::with_capacity(WRITERS);
+        for n in 0..WRITERS {
+            let writer = Writer {
+                queue: waiting.clone(),
+                node: Arc::clone(node),
+                shared: Arc::clone(self),
+                link: None,
+            };
+            let stop = jobs.clone();
+            let name = match named {
+                true => format!("redis-writer-{n} {}", node.addr),
+                false => format!("redis-writer-{n}"),
+            };
+            workers.push(Worker::spawn(
+                name,
+                move || writer.run(),
+                // Queued behind the pings already waiting, which are answered first.
+                move || drop(stop.send_timeout(Message::Stop, Duration::from_secs(1))),
+            )?);
+        }
+        nodes.insert(
+            node.addr.clone(),
+            Queue {
+                jobs: jobs.clone(),
+                workers,
+            },
+        );
+        Ok(jobs)
+    }
 }
 
 /// What became of one ping sent in a pipeline.
 enum Outcome {
     Done,
-    /// Send it again, as given.
-    Again(Attempt),
+    /// Send it again here, once the script is loaded.
+    Reload(Job),
 }
 
+/// One writer thread of one node.
 struct Writer {
     queue: Receiver<Message>,
-    router: Arc<dyn Router>,
-    script_hash: String,
-    metrics: Arc<Metrics>,
-    /// One connection per node, by address.
-    links: HashMap<String, Link>,
+    node: Arc<Node>,
+    shared: Arc<Shared>,
+    link: Option<Link>,
 }
 
 impl Writer {
-    /// Sends batches until it takes a stop message or every `Writers` handle is gone.
+    /// Sends batches until it takes a stop message or every sender is gone.
     fn run(mut self) {
         let mut stopping = false;
         while !stopping && let Ok(first) = self.queue.recv() {
@@ -169,94 +251,74 @@ impl Writer {
                     .then(|| self.queue.try_recv().ok())
                     .flatten();
             }
-            let mut sends = Vec::with_capacity(batch.len());
-            for job in batch {
-                match self.router.node_for(job.record.key()) {
-                    Ok(to) => sends.push(Attempt {
-                        job,
-                        to,
-                        asking: false,
-                    }),
-                    Err(e) => job.answer(Err(e)),
-                }
-            }
-            for _ in 0..ATTEMPTS {
-                if sends.is_empty() {
-                    break;
-                }
-                sends = self.send_all(sends);
-            }
-            for send in sends {
-                send.job.answer(Err(StoreError::Unavailable(format!(
-                    "Redis Cluster kept redirecting the ping (last to {})",
-                    send.to.addr
-                ))));
-            }
+            self.send_batch(batch);
         }
     }
 
-    /// Sends each node its pings as one pipeline; returns the pings to send again.
-    fn send_all(&mut self, sends: Vec<Attempt>) -> Vec<Attempt> {
-        let now = Instant::now();
-        let mut by_node: Vec<(Arc<Node>, Vec<Attempt>)> = Vec::new();
-        for send in sends {
-            if send.job.deadline <= now {
-                send.job.answer(Err(StoreError::Unavailable(
-                    "Redis did not answer in time".into(),
-                )));
-                continue;
-            }
-            match by_node
-                .iter_mut()
-                .find(|(node, _)| node.addr == send.to.addr)
-            {
-                Some((_, group)) => group.push(send),
-                None => by_node.push((Arc::clone(&send.to), vec![send])),
-            }
-        }
-        // Nodes with a connection open first: one whose connection failed (a shard down)
-        // goes last, so it delays nobody.
-        by_node.sort_by_key(|(node, _)| !self.links.contains_key(&node.addr));
-        let mut again = Vec::new();
-        for (node, group) in by_node {
-            let Some(deadline) = group.iter().map(|send| send.job.deadline).min() else {
-                continue;
+    /// Runs the batch as one pipeline and settles each ping; a batch whose node lost the
+    /// script is sent once more after loading it.
+    fn send_batch(&mut self, mut batch: Vec<Job>) {
+        for round in 0..2 {
+            let now = Instant::now();
+            batch.retain(|job| {
+                let live = job.deadline > now;
+                if !live {
+                    job.answer(Err(StoreError::Unavailable(
+                        "Redis did not answer in time".into(),
+                    )));
+                }
+                live
+            });
+            let Some(deadline) = batch.iter().map(|job| job.deadline).min() else {
+                return;
             };
-            match self.send(&node, &group, deadline) {
-                Ok(replies) => {
-                    let mut reload = false;
-                    for (send, reply) in group.into_iter().zip(replies) {
-                        match self.settle(send, reply, &mut reload) {
-                            Outcome::Done => {}
-                            Outcome::Again(send) => again.push(send),
-                        }
-                    }
-                    if reload && let Err(e) = self.load_script(&node, deadline) {
-                        log::debug!("cannot load the script on {}: {e}", node.addr);
-                    }
-                }
+            let replies = match self.send(&batch, deadline) {
+                Ok(replies) => replies,
                 Err(e) => {
-                    Metrics::count(&self.metrics.redis_errors_total);
-                    self.router.failed(&node);
+                    Metrics::count(&self.shared.metrics.redis_errors_total);
+                    self.shared.router.failed(&self.node);
                     let error = unavailable(e);
-                    for send in &group {
-                        send.job.answer(Err(error.clone()));
+                    for job in &batch {
+                        job.answer(Err(error.clone()));
                     }
+                    return;
+                }
+            };
+            let mut again = Vec::new();
+            for (job, reply) in batch.into_iter().zip(replies) {
+                if let Outcome::Reload(job) = self.settle(job, reply) {
+                    again.push(job);
                 }
             }
+            if again.is_empty() {
+                return;
+            }
+            let loaded = match round {
+                0 => self.load_script(deadline).map_err(unavailable),
+                _ => Err(StoreError::Unavailable(
+                    "Redis lost the script again after loading it".into(),
+                )),
+            };
+            if let Err(error) = loaded {
+                for job in &again {
+                    job.answer(Err(error.clone()));
+                }
+                return;
+            }
+            batch = again;
         }
-        again
     }
 
-    /// Answers the ping from its reply, or says where to send it again.
-    fn settle(&self, send: Attempt, reply: Value, reload: &mut bool) -> Outcome {
+    /// Answers the ping from its reply, hands it to the node a redirect names, or keeps it
+    /// to send again after loading the script.
+    fn settle(&self, mut job: Job, reply: Value) -> Outcome {
         let error = match reply {
             Value::ServerError(error) => error,
             value => {
                 let seq = u64::from_redis_value(value).map_err(|e| {
                     StoreError::Unavailable(format!("unexpected reply from Redis: {e}"))
                 });
-                send.job.answer(seq);
+                job.answer(seq);
                 return Outcome::Done;
             }
         };
@@ -264,65 +326,53 @@ impl Writer {
             .details()
             .and_then(|d| d.split_once(' '))
             .map(|(_slot, addr)| addr);
+        let router = &self.shared.router;
         let redirect = match (error.kind(), addr) {
-            (Some(ServerErrorKind::Moved), Some(addr)) => self
-                .router
-                .moved(send.job.record.key(), addr)
-                .map(|to| (to, false)),
-            (Some(ServerErrorKind::Ask), Some(addr)) => {
-                self.router.node_at(addr).map(|to| (to, true))
+            (Some(ServerErrorKind::NoScript), _) => return Outcome::Reload(job),
+            (Some(ServerErrorKind::Moved), Some(addr)) => {
+                router.moved(job.record.key(), addr).map(|to| (to, false))
             }
-            (Some(ServerErrorKind::NoScript), _) => {
-                // A restarted or new node lost the script cache: load it, then again.
-                *reload = true;
-                Some((send.to.clone(), send.asking))
-            }
+            (Some(ServerErrorKind::Ask), Some(addr)) => router.node_at(addr).map(|to| (to, true)),
             _ => None,
         };
         match redirect {
-            Some((to, asking)) => Outcome::Again(Attempt {
-                job: send.job,
-                to,
-                asking,
-            }),
-            None => {
-                Metrics::count(&self.metrics.redis_errors_total);
-                send.job.answer(Err(StoreError::Unavailable(format!(
+            Some((to, asking)) if job.redirects < REDIRECTS => {
+                job.asking = asking;
+                job.redirects += 1;
+                if let Err(e) = self.shared.send(&to, job) {
+                    log::debug!("a redirected ping could not be queued for {}: {e}", to.addr);
+                }
+            }
+            _ => {
+                Metrics::count(&self.shared.metrics.redis_errors_total);
+                job.answer(Err(StoreError::Unavailable(format!(
                     "Redis refused the ping: {}",
                     error.to_string().replace(['\r', '\n'], " ")
                 ))));
-                Outcome::Done
             }
         }
+        Outcome::Done
     }
 
-    /// Runs `group` on `node` as one pipeline. A reused connection whose server is gone (a
-    /// restarted Redis) gets one more try: nothing ran.
-    fn send(
-        &mut self,
-        node: &Node,
-        group: &[Attempt],
-        deadline: Instant,
-    ) -> Result<Vec<Value>, RedisError> {
+    /// Runs `batch` as one pipeline. A reused connection whose server is gone (a restarted
+    /// Redis) gets one more try: nothing ran.
+    fn send(&mut self, batch: &[Job], deadline: Instant) -> Result<Vec<Value>, RedisError> {
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
-        for send in group {
-            if send.asking {
+        for job in batch {
+            if job.asking {
                 pipe.cmd("ASKING").ignore();
             }
-            send.job.record.add_to(&mut pipe, &self.script_hash);
+            job.record.add_to(&mut pipe, &self.shared.script_hash);
         }
-        let reused = self
-            .links
-            .get(&node.addr)
-            .is_some_and(|link| link.con.is_open());
-        match self.query(node, &pipe, deadline) {
+        let reused = self.link.as_ref().is_some_and(|link| link.con.is_open());
+        match self.query(&pipe, deadline) {
             Err(e) if reused && e.is_connection_dropped() => {
                 log::debug!(
                     "the writer's connection to {} was dropped ({e}); reconnecting",
-                    node.addr
+                    self.node.addr
                 );
-                self.query(node, &pipe, deadline)
+                self.query(&pipe, deadline)
             }
             other => other,
         }
@@ -330,23 +380,21 @@ impl Writer {
 
     fn query<T: FromRedisValue>(
         &mut self,
-        node: &Node,
         pipe: &redis::Pipeline,
         deadline: Instant,
     ) -> Result<T, RedisError> {
-        let reused = self.links.remove(&node.addr);
-        let mut link = node.connector.ready(reused, deadline)?;
+        let mut link = self.node.connector.ready(self.link.take(), deadline)?;
         let result = pipe.query::<T>(&mut link.con);
         // A server error leaves the connection usable; a broken one is dropped.
         if result.as_ref().map_or_else(|e| !e.is_io_error(), |_| true) {
-            self.links.insert(node.addr.clone(), link);
+            self.link = Some(link);
         }
         result
     }
 
-    fn load_script(&mut self, node: &Node, deadline: Instant) -> Result<(), RedisError> {
+    fn load_script(&mut self, deadline: Instant) -> Result<(), RedisError> {
         let mut pipe = redis::pipe();
         pipe.cmd("SCRIPT").arg("LOAD").arg(RECORD_SCRIPT);
-        self.query::<(String,)>(node, &pipe, deadline).map(drop)
+        self.query::<(String,)>(&pipe, deadline).map(drop)
     }
 }

@@ -51,10 +51,10 @@ impl ClusterStore {
         pool_size: usize,
         timeout: Duration,
         metrics: Arc<Metrics>,
-    ) -> Result<(ClusterStore, Vec<Worker>), RedisError> {
+    ) -> Result<(ClusterStore, Worker), RedisError> {
         let (topology, wake) = Topology::new(seeds.clone(), pool_size, timeout);
         let router: Arc<dyn Router> = topology.clone();
-        let (writers, workers) = Writers::start(router, Arc::clone(&metrics))?;
+        let (writers, worker) = Writers::start(router, &[], Arc::clone(&metrics))?;
         let store = ClusterStore {
             keys: Keys::cluster(prefix),
             seeds: seeds.clone(),
@@ -65,7 +65,7 @@ impl ClusterStore {
             feeds: FeedStates::default(),
             metrics,
         };
-        Ok((store, workers))
+        Ok((store, worker))
     }
 
     /// Starts the `redis-cluster` thread, which keeps the slot map and a `redis-ssubscribe`
