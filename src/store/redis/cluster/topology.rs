@@ -304,4 +304,36 @@ mod tests {
         assert_eq!(parse_slots(&Value::Int(1), "h"), None);
         assert_eq!(host_of("[::1]:7000"), "[::1]");
     }
+
+    fn topology() -> (Arc<Topology>, Receiver<()>) {
+        let seeds = ClusterSeeds {
+            seeds: vec!["127.0.0.1:1".into()],
+            userinfo: None,
+        };
+        Topology::new(seeds, 1, Duration::from_millis(100))
+    }
+
+    #[test]
+    fn the_map_follows_cluster_slots_and_moved_answers() {
+        let (topology, stale) = topology();
+        let key = "hb:last:{u:alice}"; // slot 5797
+        assert!(topology.node_for(key).is_err(), "nothing known yet");
+        assert!(stale.try_recv().is_ok(), "and a refresh is asked for");
+        let ranges = [(0, 8000, "a:1".to_owned()), (8001, 16383, "b:2".to_owned())];
+        assert!(topology.adopt(&ranges));
+        assert!(!topology.adopt(&ranges), "the same map is no change");
+        assert_eq!(topology.node_for(key).unwrap().addr, "a:1");
+        assert_eq!(topology.read(|m| (m.version, m.uncovered())), (1, 0));
+
+        let moved = topology.moved(key, "c:3").unwrap();
+        assert_eq!(moved.addr, "c:3");
+        assert_eq!(topology.node_for(key).unwrap().addr, "c:3");
+        assert_eq!(topology.master_for("foo").unwrap().addr, "b:2", "slot 12182 stays");
+        assert_eq!(topology.read(|m| m.version), 2);
+        assert!(stale.try_recv().is_ok(), "a MOVED asks for a refresh");
+
+        assert!(topology.adopt(&[(0, 99, "a:1".to_owned())]));
+        assert_eq!(topology.read(|m| m.uncovered()), 16_284);
+        assert!(topology.node_for("foo").is_err());
+    }
 }
