@@ -127,15 +127,13 @@ pub fn run() -> Result<(), Error> {
             )
             .map_err(|e| Error::Setup(format!("redis client for {}: {e}", config.store)))?;
             workers.push(writers);
-            let store = Arc::new(store);
-            let (cached, worker) = CachedReads::start(store.clone(), Arc::clone(&hub))
-                .map_err(setup("cached-reads thread"))?;
-            workers.push(worker);
-            let feed = store
-                .start_feed(Arc::clone(&hub), cached.clone())
-                .map_err(setup("redis-psubscribe thread"))?;
-            workers.push(feed);
-            (store, cached)
+            with_feed(
+                Arc::new(store),
+                &hub,
+                &mut workers,
+                "redis-psubscribe",
+                |store, hub, cached| store.start_feed(hub, cached),
+            )?
         }
         StoreConfig::Cluster(seeds) => {
             log::info!(
@@ -152,15 +150,13 @@ pub fn run() -> Result<(), Error> {
             )
             .map_err(|e| Error::Setup(format!("redis cluster client for {}: {e}", config.store)))?;
             workers.push(writers);
-            let store = Arc::new(store);
-            let (cached, worker) = CachedReads::start(store.clone(), Arc::clone(&hub))
-                .map_err(setup("cached-reads thread"))?;
-            workers.push(worker);
-            let feed = store
-                .start_feed(Arc::clone(&hub), cached.clone())
-                .map_err(setup("redis-cluster thread"))?;
-            workers.push(feed);
-            (store, cached)
+            with_feed(
+                Arc::new(store),
+                &hub,
+                &mut workers,
+                "redis-cluster",
+                |store, hub, cached| store.start_feed(hub, cached),
+            )?
         }
     };
 
@@ -228,6 +224,24 @@ pub fn run() -> Result<(), Error> {
         true => Ok(()),
         false => Err(Error::Panicked(panicked)),
     }
+}
+
+/// Starts the `cached-reads` thread for a Redis store, then its feed (`start_feed`, on the
+/// `feed` thread), which asks that thread to resync; both join `workers`.
+fn with_feed<S: Store + 'static>(
+    store: Arc<S>,
+    hub: &Arc<Hub>,
+    workers: &mut Vec<Worker>,
+    feed: &str,
+    start_feed: impl FnOnce(&S, Arc<Hub>, CachedReads) -> std::io::Result<Worker>,
+) -> Result<(Arc<dyn Store>, CachedReads), Error> {
+    let (cached, worker) =
+        CachedReads::start(store.clone(), Arc::clone(hub)).map_err(setup("cached-reads thread"))?;
+    workers.push(worker);
+    let feed = start_feed(&store, Arc::clone(hub), cached.clone())
+        .map_err(|e| Error::Setup(format!("{feed} thread: {e}")))?;
+    workers.push(feed);
+    Ok((store, cached))
 }
 
 /// The `signals` thread: turns SIGTERM and SIGINT into a stop of the server.

@@ -22,7 +22,7 @@ use redis::RedisError;
 
 use self::feed::{Feed, FeedState};
 use self::node::{Node, OneNode};
-use self::schema::{Keys, LastRow, Record, parse_last};
+use self::schema::{Keys, LastRow, parse_last};
 use self::writer::Writers;
 use super::cached::CachedReads;
 use super::{Kind, Store, StoreError, Unhealthy};
@@ -96,19 +96,8 @@ impl RedisStore {
 
 impl Store for RedisStore {
     fn record(&self, user: &str, status: &str, now_micros: u64) -> Result<LastPing, StoreError> {
-        let record = Record::new(&self.keys, user, status, now_micros);
-        let time = record.time;
-        let began = Instant::now();
-        let seq = self.writers.record(record, self.timeout);
-        self.metrics
-            .redis_call(RedisCall::Record)
-            .observe(began.elapsed());
-        let seq = seq?;
-        Ok(LastPing {
-            seq,
-            time,
-            status: status.to_owned(),
-        })
+        self.writers
+            .record(&self.keys, user, status, now_micros, self.timeout)
     }
 
     fn last_many(&self, users: &[String]) -> Result<Vec<(String, LastPing)>, StoreError> {

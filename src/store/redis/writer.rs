@@ -33,8 +33,9 @@ use redis::{ConnectionLike, FromRedisValue, RedisError, Script, ServerErrorKind,
 
 use super::connect::{Link, unavailable};
 use super::node::{Node, Router};
-use super::schema::{RECORD_SCRIPT, Record};
-use crate::metrics::Metrics;
+use super::schema::{Keys, RECORD_SCRIPT, Record};
+use crate::metrics::{Metrics, RedisCall};
+use crate::ping::LastPing;
 use crate::store::StoreError;
 use crate::worker::{self, Worker};
 
@@ -130,8 +131,33 @@ impl Writers {
         Ok((Writers { shared }, worker))
     }
 
-    /// Stores and publishes a ping within `timeout`; returns its sequence number.
-    pub fn record(&self, record: Record, timeout: Duration) -> Result<u64, StoreError> {
+    /// Stores and publishes `user`'s ping (`status`, received at `now_micros`) within
+    /// `timeout`, timing the call in `heartbeat_redis_call_duration_seconds`.
+    pub fn record(
+        &self,
+        keys: &Keys,
+        user: &str,
+        status: &str,
+        now_micros: u64,
+        timeout: Duration,
+    ) -> Result<LastPing, StoreError> {
+        let record = Record::new(keys, user, status, now_micros);
+        let time = record.time;
+        let began = Instant::now();
+        let seq = self.queue_and_wait(record, timeout);
+        self.shared
+            .metrics
+            .redis_call(RedisCall::Record)
+            .observe(began.elapsed());
+        Ok(LastPing {
+            seq: seq?,
+            time,
+            status: status.to_owned(),
+        })
+    }
+
+    /// Queues the call for its node's writers and waits for the sequence number.
+    fn queue_and_wait(&self, record: Record, timeout: Duration) -> Result<u64, StoreError> {
         let deadline = Instant::now() + timeout;
         let node = self.shared.router.node_for(record.key())?;
         let (reply, answer) = crossbeam_channel::bounded(1);

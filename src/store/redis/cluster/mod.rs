@@ -14,7 +14,7 @@ use redis::{RedisError, ServerErrorKind, Value};
 use self::feed::{ClusterFeed, Context, FeedStates};
 use self::topology::Topology;
 use super::node::{Node, Router};
-use super::schema::{Keys, LastRow, Record, parse_last};
+use super::schema::{Keys, LastRow, parse_last};
 use super::writer::Writers;
 use crate::config::ClusterSeeds;
 use crate::hub::Hub;
@@ -145,18 +145,8 @@ impl ClusterStore {
 
 impl Store for ClusterStore {
     fn record(&self, user: &str, status: &str, now_micros: u64) -> Result<LastPing, StoreError> {
-        let record = Record::new(&self.keys, user, status, now_micros);
-        let time = record.time;
-        let began = Instant::now();
-        let seq = self.writers.record(record, self.timeout);
-        self.metrics
-            .redis_call(RedisCall::Record)
-            .observe(began.elapsed());
-        Ok(LastPing {
-            seq: seq?,
-            time,
-            status: status.to_owned(),
-        })
+        self.writers
+            .record(&self.keys, user, status, now_micros, self.timeout)
     }
 
     /// One round trip per master that serves some of `users`; a slot that moved meanwhile

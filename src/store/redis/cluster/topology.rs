@@ -328,7 +328,11 @@ mod tests {
         let moved = topology.moved(key, "c:3").unwrap();
         assert_eq!(moved.addr, "c:3");
         assert_eq!(topology.node_for(key).unwrap().addr, "c:3");
-        assert_eq!(topology.master_for("foo").unwrap().addr, "b:2", "slot 12182 stays");
+        assert_eq!(
+            topology.master_for("foo").unwrap().addr,
+            "b:2",
+            "slot 12182 stays"
+        );
         assert_eq!(topology.read(|m| m.version), 2);
         assert!(stale.try_recv().is_ok(), "a MOVED asks for a refresh");
 
