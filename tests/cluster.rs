@@ -38,9 +38,10 @@ fn one_user_per_master(cluster: &Cluster, name: &str) -> Vec<String> {
     users.into_iter().map(|(_, user)| user).collect()
 }
 
-/// Starts heartbeat on the cluster and waits until `/healthz` says every shard is up.
+/// Starts heartbeat on the cluster (logging at debug, shown if a test fails) and waits until
+/// `/healthz` says every shard is up.
 fn heartbeat_on(cluster: &Cluster) -> Heartbeat {
-    let heartbeat = Heartbeat::start(&cluster.url());
+    let heartbeat = Heartbeat::start_with(&[("REDIS", &cluster.url()), ("LOG_LEVEL", "debug")]);
     let healthy = wait_until(Duration::from_secs(10), || {
         heartbeat.get("/healthz").status == 200
     });
