@@ -141,7 +141,16 @@ fn run(store: &dyn Store, hub: &Hub, queue: &Receiver<Ask>) {
             continue;
         }
         match store.last_many(&users) {
-            Ok(pings) => deliver(hub, &batch, pings),
+            Ok(pings) => {
+                log::debug!(
+                    "cached pings: {} of {} users read, for {} streams and {} resyncs",
+                    pings.len(),
+                    users.len(),
+                    batch.streams.len(),
+                    batch.resync.len()
+                );
+                deliver(hub, &batch, pings)
+            }
             Err(e) => {
                 log::debug!(
                     "cached pings of {} users unavailable, retrying: {e}",

@@ -177,6 +177,21 @@ impl Cluster {
         to
     }
 
+    /// The node that replicates the master `master`.
+    pub fn replica_of(&self, master: usize) -> usize {
+        let info: String = self.nodes[master].query(redis::cmd("INFO").arg("replication"));
+        let port: u16 = info
+            .lines()
+            .find_map(|l| l.strip_prefix("slave0:"))
+            .and_then(|l| l.split(',').find_map(|f| f.strip_prefix("port=")))
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no replica in {info}"));
+        self.nodes
+            .iter()
+            .position(|n| n.port == port)
+            .expect("a replica of ours")
+    }
+
     /// Kills the master of `key`'s slot; returns its port.
     pub fn kill_master_of(&mut self, key: &str) -> u16 {
         let master = self.master_of(key);

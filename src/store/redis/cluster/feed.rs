@@ -514,10 +514,15 @@ impl Shard {
                 };
                 let mut subs = self.state.subs.lock();
                 let Some(user) = subs.wanted.get(user).cloned() else {
+                    log::debug!("{kind} of {user:?} at {}: not wanted", self.state.node.addr);
                     return;
                 };
                 if kind == "ssubscribe" {
                     drop(subs);
+                    log::debug!(
+                        "subscribed to {user:?} at {}: resyncing",
+                        self.state.node.addr
+                    );
                     context.cached.resync(&user);
                 } else {
                     // Not asked for: the node let go of the channel, its slot moved away.
