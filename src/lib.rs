@@ -43,8 +43,8 @@ use crate::server::{Server, Shared, Stopper};
 use crate::store::Store;
 use crate::store::cached::CachedReads;
 use crate::store::memory::MemoryStore;
-use crate::store::redis::RedisStore;
 use crate::store::redis::cluster::ClusterStore;
+use crate::store::redis::{RedisOptions, RedisStore};
 use crate::stream::{Streams, Writing};
 use crate::worker::Worker;
 
@@ -101,6 +101,12 @@ pub fn run() -> Result<(), Error> {
     metrics
         .connection_budget
         .store(budget.connections, Ordering::Relaxed);
+    let redis_options = RedisOptions {
+        key_prefix: config.key_prefix.clone(),
+        pool_size: config.redis_pool_size,
+        timeout: config.redis_timeout,
+        wait_replicas: config.redis_wait_replicas,
+    };
     // Stopped in reverse order of starting: the feed before the cached reads it asks.
     let mut workers: Vec<Worker> = Vec::new();
     let (store, cached): (Arc<dyn Store>, CachedReads) = match &config.store {
@@ -118,14 +124,8 @@ pub fn run() -> Result<(), Error> {
                 config.store,
                 config.key_prefix
             );
-            let (store, writers) = RedisStore::start(
-                url,
-                &config.key_prefix,
-                config.redis_pool_size,
-                config.redis_timeout,
-                Arc::clone(&metrics),
-            )
-            .map_err(|e| Error::Setup(format!("redis client for {}: {e}", config.store)))?;
+            let (store, writers) = RedisStore::start(url, &redis_options, Arc::clone(&metrics))
+                .map_err(|e| Error::Setup(format!("redis client for {}: {e}", config.store)))?;
             workers.push(writers);
             with_feed(
                 Arc::new(store),
@@ -141,14 +141,10 @@ pub fn run() -> Result<(), Error> {
                 config.store,
                 config.key_prefix
             );
-            let (store, writers) = ClusterStore::start(
-                seeds,
-                &config.key_prefix,
-                config.redis_pool_size,
-                config.redis_timeout,
-                Arc::clone(&metrics),
-            )
-            .map_err(|e| Error::Setup(format!("redis cluster client for {}: {e}", config.store)))?;
+            let (store, writers) = ClusterStore::start(seeds, &redis_options, Arc::clone(&metrics))
+                .map_err(|e| {
+                    Error::Setup(format!("redis cluster client for {}: {e}", config.store))
+                })?;
             workers.push(writers);
             with_feed(
                 Arc::new(store),

@@ -1,7 +1,9 @@
 //! `REDIS=cluster://...`: a real Redis Cluster of three masters with a replica each, and the
 //! real binary. Pings of users in every shard reach streams on another instance; an instance
 //! without streams receives no pings; a master killed fails over to its replica, and every
-//! subscriber gets what it missed; a slot moved between masters keeps its pings flowing.
+//! subscriber gets what it missed; a slot moved between masters keeps its pings flowing; a
+//! frozen master holds up only its own shard; `REDIS_WAIT_REPLICAS` refuses what no replica
+//! confirmed.
 
 mod support;
 
@@ -41,7 +43,15 @@ fn one_user_per_master(cluster: &Cluster, name: &str) -> Vec<String> {
 /// Starts heartbeat on the cluster (logging at debug, shown if a test fails) and waits until
 /// `/healthz` says every shard is up.
 fn heartbeat_on(cluster: &Cluster) -> Heartbeat {
-    let heartbeat = Heartbeat::start_with(&[("REDIS", &cluster.url()), ("LOG_LEVEL", "debug")]);
+    heartbeat_on_with(cluster, &[])
+}
+
+/// `heartbeat_on`, with `env` added.
+fn heartbeat_on_with(cluster: &Cluster, env: &[(&str, &str)]) -> Heartbeat {
+    let url = cluster.url();
+    let mut all = vec![("REDIS", url.as_str()), ("LOG_LEVEL", "debug")];
+    all.extend_from_slice(env);
+    let heartbeat = Heartbeat::start_with(&all);
     let healthy = wait_until(Duration::from_secs(10), || {
         heartbeat.get("/healthz").status == 200
     });
@@ -301,12 +311,7 @@ fn a_slot_moved_between_masters_keeps_its_pings_stored_and_delivered() {
 #[test]
 fn a_frozen_master_delays_only_its_own_shards_pings() {
     let cluster = Cluster::start();
-    let heartbeat =
-        Heartbeat::start_with(&[("REDIS", &cluster.url()), ("REDIS_TIMEOUT_MS", "500")]);
-    let healthy = wait_until(Duration::from_secs(10), || {
-        heartbeat.get("/healthz").status == 200
-    });
-    assert!(healthy.is_ok(), "{}", heartbeat.get("/healthz").body);
+    let heartbeat = heartbeat_on_with(&cluster, &[("REDIS_TIMEOUT_MS", "500")]);
     let users = one_user_per_master(&cluster, "frozen");
     for user in &users {
         heartbeat.ping(user, "warm").assert_ok();
@@ -351,6 +356,46 @@ fn a_frozen_master_delays_only_its_own_shards_pings() {
         heartbeat.ping(&users[0], "thawed").status == 200
     });
     assert!(served.is_ok(), "the thawed shard serves pings again");
+}
+
+#[test]
+fn with_redis_wait_replicas_a_ping_its_replica_has_not_confirmed_is_refused() {
+    let cluster = Cluster::start();
+    let waits = heartbeat_on_with(
+        &cluster,
+        &[("REDIS_WAIT_REPLICAS", "1"), ("REDIS_TIMEOUT_MS", "500")],
+    );
+    let plain = heartbeat_on(&cluster);
+    let users = one_user_per_master(&cluster, "wait");
+    for user in &users {
+        waits.ping(user, "confirmed").assert_ok();
+    }
+    let master = cluster.master_of(&last_key(&users[0]));
+    let replica = cluster.replica_of(master);
+    // Frozen for well under the node timeout: the master keeps serving, unconfirmed.
+    cluster.nodes[replica].pause();
+    let began = Instant::now();
+    let refused = waits.ping(&users[0], "unconfirmed");
+    let took = began.elapsed();
+    let others: Vec<u16> = users[1..]
+        .iter()
+        .map(|user| waits.ping(user, "elsewhere").status)
+        .collect();
+    let without = plain.ping(&users[0], "not waited for");
+    cluster.nodes[replica].resume();
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert!(refused.body.contains("0 of 1 replicas"), "{}", refused.body);
+    assert!(took < Duration::from_secs(1), "refused after {took:?}");
+    assert_eq!(others, [200, 200], "the other shards' replicas confirm");
+    assert_eq!(
+        without.status, 200,
+        "without REDIS_WAIT_REPLICAS: {}",
+        without.body
+    );
+    let served = wait_until(Duration::from_secs(5), || {
+        waits.ping(&users[0], "confirmed again").status == 200
+    });
+    assert!(served.is_ok(), "confirmed again once the replica is back");
 }
 
 fn now_micros() -> u64 {

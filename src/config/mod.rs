@@ -34,6 +34,8 @@ pub struct Config {
     pub redis_timeout: Duration,
     /// Most Redis connections the ping path holds at once.
     pub redis_pool_size: usize,
+    /// Replicas that must have a ping before it is answered as stored (0: none).
+    pub redis_wait_replicas: u32,
     /// How long a write to a client may take before the client is dropped.
     pub write_timeout: Duration,
     /// Each stream socket's kernel send buffer.
@@ -158,6 +160,7 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("MAX_USERS_PER_STREAM", "256"),
     ("REDIS_TIMEOUT_MS", "1000"),
     ("REDIS_POOL_SIZE", "16"),
+    ("REDIS_WAIT_REPLICAS", "0"),
     ("WRITE_TIMEOUT_SECS", "10"),
     ("STREAM_SEND_BUFFER_BYTES", "65536"),
     ("REQUEST_TIMEOUT_SECS", "10"),
@@ -240,6 +243,7 @@ impl Config {
             limits,
             redis_timeout: Duration::from_millis(vars.number("REDIS_TIMEOUT_MS", 10, 60_000)?),
             redis_pool_size: vars.number("REDIS_POOL_SIZE", 1, 1024)?,
+            redis_wait_replicas: vars.number("REDIS_WAIT_REPLICAS", 0, 16)?,
             write_timeout: vars.seconds("WRITE_TIMEOUT_SECS")?,
             stream_send_buffer: vars.number("STREAM_SEND_BUFFER_BYTES", 4096, 1 << 24)?,
             request_timeout: vars.seconds("REQUEST_TIMEOUT_SECS")?,

@@ -31,6 +31,18 @@ use crate::metrics::{Metrics, RedisCall};
 use crate::ping::LastPing;
 use crate::worker::Worker;
 
+/// How heartbeat uses Redis, on one server or on each node of a cluster.
+#[derive(Debug, Clone)]
+pub struct RedisOptions {
+    pub key_prefix: String,
+    /// Most pooled connections (reads and health checks), per node.
+    pub pool_size: usize,
+    /// Connect, read and write timeout, and each ping's deadline.
+    pub timeout: Duration,
+    /// Replicas that must have a ping (Redis `WAIT`) before it is answered as stored.
+    pub wait_replicas: u32,
+}
+
 /// Last pings in Redis, shared by every instance on the same Redis and prefix.
 pub struct RedisStore {
     keys: Keys,
@@ -47,19 +59,22 @@ impl RedisStore {
     /// Redis is down.
     pub fn start(
         url: &str,
-        prefix: &str,
-        pool_size: usize,
-        timeout: Duration,
+        options: &RedisOptions,
         metrics: Arc<Metrics>,
     ) -> Result<(RedisStore, Worker), RedisError> {
-        let node = Arc::new(Node::new(url, url, pool_size, timeout)?);
+        let node = Arc::new(Node::new(url, url, options.pool_size, options.timeout)?);
         let router = Arc::new(OneNode(Arc::clone(&node)));
-        let (writers, worker) = Writers::start(router, &[Arc::clone(&node)], Arc::clone(&metrics))?;
+        let (writers, worker) = Writers::start(
+            router,
+            &[Arc::clone(&node)],
+            options.wait_replicas,
+            Arc::clone(&metrics),
+        )?;
         let store = RedisStore {
             node,
-            keys: Keys::new(prefix),
+            keys: Keys::new(&options.key_prefix),
             writers,
-            timeout,
+            timeout: options.timeout,
             feed: Arc::default(),
             metrics,
         };

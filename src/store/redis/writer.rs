@@ -82,6 +82,8 @@ pub struct Writers {
 /// What every writer thread shares: where pings go, and each node's queue and threads.
 struct Shared {
     router: Arc<dyn Router>,
+    /// Replicas that must confirm a batch (`WAIT`) before its pings are answered as stored.
+    wait_replicas: u32,
     metrics: Arc<Metrics>,
     script_hash: String,
     nodes: Mutex<HashMap<String, Queue>>,
@@ -100,10 +102,12 @@ impl Writers {
     pub fn start(
         router: Arc<dyn Router>,
         nodes: &[Arc<Node>],
+        wait_replicas: u32,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<(Writers, Worker)> {
         let shared = Arc::new(Shared {
             router,
+            wait_replicas,
             metrics,
             script_hash: Script::new(RECORD_SCRIPT).get_hash().to_owned(),
             nodes: Mutex::new(HashMap::new()),
@@ -299,7 +303,7 @@ impl Writer {
                 return;
             };
             let replies = match self.send(&batch, deadline) {
-                Ok(replies) => replies,
+                Ok(replies) => self.confirmed(replies),
                 Err(e) => {
                     Metrics::count(&self.shared.metrics.redis_errors_total);
                     self.shared.router.failed(&self.node);
@@ -335,12 +339,42 @@ impl Writer {
         }
     }
 
+    /// The replies to the batch's calls, with the `WAIT` reply (if asked for) taken off the
+    /// end: if fewer replicas confirmed than asked, each stored ping's reply becomes the
+    /// refusal it is answered with.
+    fn confirmed(&self, mut replies: Vec<Value>) -> Vec<Result<Value, StoreError>> {
+        let wanted = self.shared.wait_replicas;
+        let shortfall = match wanted {
+            0 => None,
+            _ => match replies.pop() {
+                Some(Value::Int(n)) if n >= i64::from(wanted) => None,
+                Some(Value::Int(n)) => Some(format!(
+                    "stored on the master, but {n} of {wanted} replicas confirmed it in time"
+                )),
+                other => Some(format!("WAIT answered {other:?}")),
+            },
+        };
+        replies
+            .into_iter()
+            .map(|reply| match (&shortfall, reply) {
+                (Some(why), reply) if !matches!(reply, Value::ServerError(_)) => {
+                    Err(StoreError::Unavailable(why.clone()))
+                }
+                (_, reply) => Ok(reply),
+            })
+            .collect()
+    }
+
     /// Answers the ping from its reply, hands it to the node a redirect names, or keeps it
     /// to send again after loading the script.
-    fn settle(&self, mut job: Job, reply: Value) -> Outcome {
+    fn settle(&self, mut job: Job, reply: Result<Value, StoreError>) -> Outcome {
         let error = match reply {
-            Value::ServerError(error) => error,
-            value => {
+            Err(refused) => {
+                job.answer(Err(refused));
+                return Outcome::Done;
+            }
+            Ok(Value::ServerError(error)) => error,
+            Ok(value) => {
                 let seq = u64::from_redis_value(value).map_err(|e| {
                     StoreError::Unavailable(format!("unexpected reply from Redis: {e}"))
                 });
@@ -390,6 +424,13 @@ impl Writer {
                 pipe.cmd("ASKING").ignore();
             }
             job.record.add_to(&mut pipe, &self.shared.script_hash);
+        }
+        if self.shared.wait_replicas > 0 {
+            // Three quarters of the time left, so the answer arrives before the read times out.
+            let left = deadline.saturating_duration_since(Instant::now()) * 3 / 4;
+            pipe.cmd("WAIT")
+                .arg(self.shared.wait_replicas)
+                .arg(left.as_millis().max(1) as u64);
         }
         let reused = self.link.as_ref().is_some_and(|link| link.con.is_open());
         match self.query(&pipe, deadline) {

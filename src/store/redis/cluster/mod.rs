@@ -13,6 +13,7 @@ use redis::{RedisError, ServerErrorKind, Value};
 
 use self::feed::{ClusterFeed, Context, FeedStates};
 use self::topology::Topology;
+use super::RedisOptions;
 use super::node::{Node, Router};
 use super::schema::{Keys, LastRow, parse_last};
 use super::writer::Writers;
@@ -47,21 +48,20 @@ impl ClusterStore {
     /// cluster is down.
     pub fn start(
         seeds: &ClusterSeeds,
-        prefix: &str,
-        pool_size: usize,
-        timeout: Duration,
+        options: &RedisOptions,
         metrics: Arc<Metrics>,
     ) -> Result<(ClusterStore, Worker), RedisError> {
-        let (topology, wake) = Topology::new(seeds.clone(), pool_size, timeout);
+        let (topology, wake) = Topology::new(seeds.clone(), options.pool_size, options.timeout);
         let router: Arc<dyn Router> = topology.clone();
-        let (writers, worker) = Writers::start(router, &[], Arc::clone(&metrics))?;
+        let (writers, worker) =
+            Writers::start(router, &[], options.wait_replicas, Arc::clone(&metrics))?;
         let store = ClusterStore {
-            keys: Keys::cluster(prefix),
+            keys: Keys::cluster(&options.key_prefix),
             seeds: seeds.clone(),
             topology,
             wake,
             writers,
-            timeout,
+            timeout: options.timeout,
             feeds: FeedStates::default(),
             metrics,
         };
