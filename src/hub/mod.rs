@@ -281,10 +281,10 @@ impl Hub {
         self.inner.lock().users.contains_key(user)
     }
 
-    /// The users that have at least one local subscriber.
-    pub fn users(&self) -> Vec<String> {
+    /// The users that have at least one local subscriber (the hub's own shared names).
+    pub fn users(&self) -> Vec<Arc<str>> {
         let inner = self.inner.lock();
-        inner.users.keys().map(|u| u.to_string()).collect()
+        inner.users.keys().cloned().collect()
     }
 
     /// How many subscriber registrations (subscriber and user) there are.
@@ -382,7 +382,7 @@ mod tests {
         assert_eq!(hub.watch_count(), 4);
         drop(many);
         assert_eq!(hub.watch_count(), 1);
-        assert_eq!(hub.users(), ["b"]);
+        assert_eq!(hub.users(), [Arc::from("b")]);
     }
 
     #[test]

@@ -79,14 +79,20 @@ impl Connector {
 /// The shortest timeout a call is given; less counts as no time left.
 const MIN_TIMEOUT: Duration = Duration::from_millis(1);
 
+/// What a call that ran out of time says.
+const TIMED_OUT: &str = "Redis did not answer in time";
+
 /// Time left before `deadline`, or a timeout error once it has passed.
 fn left_until(deadline: Instant) -> Result<Duration, RedisError> {
     deadline
         .checked_duration_since(Instant::now())
         .filter(|left| *left >= MIN_TIMEOUT)
-        .ok_or_else(|| {
-            std::io::Error::new(std::io::ErrorKind::TimedOut, "Redis did not answer in time").into()
-        })
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::TimedOut, TIMED_OUT).into())
+}
+
+/// The store's error for a call that ran out of time.
+pub fn timed_out() -> StoreError {
+    StoreError::Unavailable(TIMED_OUT.into())
 }
 
 /// A Redis error as the store reports it: one line, for a `503` body.

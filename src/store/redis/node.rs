@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::RedisError;
+use redis::{RedisError, ServerError, ServerErrorKind};
 
 use super::connect::Connector;
 use super::pool::Pool;
@@ -35,14 +35,35 @@ impl Node {
     }
 }
 
+/// Where a cluster node's `MOVED` or `ASK` answer sends a call.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Redirect<'a> {
+    /// The slot is served at the address from now on.
+    Moved(u16, &'a str),
+    /// This one call goes to the address, after `ASKING`.
+    Ask(&'a str),
+}
+
+impl<'a> Redirect<'a> {
+    /// The redirect `error` is, if it is one: `MOVED <slot> <addr>` or `ASK <slot> <addr>`.
+    pub fn of(error: &'a ServerError) -> Option<Redirect<'a>> {
+        let (slot, addr) = error.details()?.split_once(' ')?;
+        match error.kind()? {
+            ServerErrorKind::Moved => Some(Redirect::Moved(slot.parse().ok()?, addr)),
+            ServerErrorKind::Ask => Some(Redirect::Ask(addr)),
+            _ => None,
+        }
+    }
+}
+
 /// Which node serves a key, and what to do when a node says otherwise.
 pub trait Router: Send + Sync {
     /// The node that serves `key`.
     fn node_for(&self, key: &str) -> Result<Arc<Node>, StoreError>;
 
-    /// A node answered `MOVED <slot> <addr>` for `key`: the slot is served at `addr` from now
-    /// on. The node there, if it can be reached.
-    fn moved(&self, key: &str, addr: &str) -> Option<Arc<Node>>;
+    /// A node answered `MOVED <slot> <addr>`: the slot is served at `addr` from now on. The
+    /// node there, if it can be reached.
+    fn moved(&self, slot: u16, addr: &str) -> Option<Arc<Node>>;
 
     /// A node answered `ASK <slot> <addr>`: the node at `addr`, for this one call.
     fn node_at(&self, addr: &str) -> Option<Arc<Node>>;
@@ -59,7 +80,7 @@ impl Router for OneNode {
         Ok(Arc::clone(&self.0))
     }
 
-    fn moved(&self, _key: &str, _addr: &str) -> Option<Arc<Node>> {
+    fn moved(&self, _slot: u16, _addr: &str) -> Option<Arc<Node>> {
         None
     }
 
@@ -68,4 +89,32 @@ impl Router for OneNode {
     }
 
     fn failed(&self, _node: &Node) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(reply: &[u8]) -> ServerError {
+        match redis::parse_redis_value(reply).unwrap() {
+            redis::Value::ServerError(error) => error,
+            other => panic!("not an error: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn moved_and_ask_answers_name_where_to_go() {
+        let moved = error(b"-MOVED 3999 127.0.0.1:6381\r\n");
+        assert_eq!(
+            Redirect::of(&moved),
+            Some(Redirect::Moved(3999, "127.0.0.1:6381"))
+        );
+        let ask = error(b"-ASK 3999 10.0.0.2:7000\r\n");
+        assert_eq!(Redirect::of(&ask), Some(Redirect::Ask("10.0.0.2:7000")));
+        assert_eq!(
+            Redirect::of(&error(b"-NOSCRIPT No matching script\r\n")),
+            None
+        );
+        assert_eq!(Redirect::of(&error(b"-MOVED x 127.0.0.1:6381\r\n")), None);
+    }
 }

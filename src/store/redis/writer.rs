@@ -31,8 +31,8 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use parking_lot::Mutex;
 use redis::{ConnectionLike, FromRedisValue, RedisError, Script, ServerErrorKind, Value};
 
-use super::connect::{Link, unavailable};
-use super::node::{Node, Router};
+use super::connect::{Link, timed_out, unavailable};
+use super::node::{Node, Redirect, Router};
 use super::schema::{Keys, RECORD_SCRIPT, Record};
 use crate::metrics::{Metrics, RedisCall};
 use crate::ping::LastPing;
@@ -176,9 +176,7 @@ impl Writers {
         // The writer answers every ping by its deadline; the grace covers scheduling only.
         match answer.recv_deadline(deadline + Duration::from_millis(250)) {
             Ok(result) => result,
-            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => Err(
-                StoreError::Unavailable("Redis did not answer in time".into()),
-            ),
+            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => Err(timed_out()),
         }
     }
 }
@@ -293,17 +291,18 @@ impl Writer {
             batch.retain(|job| {
                 let live = job.deadline > now;
                 if !live {
-                    job.answer(Err(StoreError::Unavailable(
-                        "Redis did not answer in time".into(),
-                    )));
+                    job.answer(Err(timed_out()));
                 }
                 live
             });
             let Some(deadline) = batch.iter().map(|job| job.deadline).min() else {
                 return;
             };
-            let replies = match self.send(&batch, deadline) {
-                Ok(replies) => self.confirmed(replies),
+            let (replies, shortfall) = match self.send(&batch, deadline) {
+                Ok(mut replies) => {
+                    let shortfall = self.shortfall(&mut replies);
+                    (replies, shortfall)
+                }
                 Err(e) => {
                     Metrics::count(&self.shared.metrics.redis_errors_total);
                     self.shared.router.failed(&self.node);
@@ -316,7 +315,7 @@ impl Writer {
             };
             let mut again = Vec::new();
             for (job, reply) in batch.into_iter().zip(replies) {
-                if let Outcome::Reload(job) = self.settle(job, reply) {
+                if let Outcome::Reload(job) = self.settle(job, reply, shortfall.as_deref()) {
                     again.push(job);
                 }
             }
@@ -339,42 +338,33 @@ impl Writer {
         }
     }
 
-    /// The replies to the batch's calls, with the `WAIT` reply (if asked for) taken off the
-    /// end: if fewer replicas confirmed than asked, each stored ping's reply becomes the
-    /// refusal it is answered with.
-    fn confirmed(&self, mut replies: Vec<Value>) -> Vec<Result<Value, StoreError>> {
+    /// Takes the `WAIT` reply (if one was asked for) off the end of the batch's replies; if
+    /// fewer replicas confirmed than asked, says so, for each stored ping's refusal.
+    fn shortfall(&self, replies: &mut Vec<Value>) -> Option<String> {
         let wanted = self.shared.wait_replicas;
-        let shortfall = match wanted {
-            0 => None,
-            _ => match replies.pop() {
-                Some(Value::Int(n)) if n >= i64::from(wanted) => None,
-                Some(Value::Int(n)) => Some(format!(
-                    "stored on the master, but {n} of {wanted} replicas confirmed it in time"
-                )),
-                other => Some(format!("WAIT answered {other:?}")),
-            },
-        };
-        replies
-            .into_iter()
-            .map(|reply| match (&shortfall, reply) {
-                (Some(why), reply) if !matches!(reply, Value::ServerError(_)) => {
-                    Err(StoreError::Unavailable(why.clone()))
-                }
-                (_, reply) => Ok(reply),
-            })
-            .collect()
+        if wanted == 0 {
+            return None;
+        }
+        match replies.pop() {
+            Some(Value::Int(n)) if n >= i64::from(wanted) => None,
+            Some(Value::Int(n)) => Some(format!(
+                "stored on the master, but {n} of {wanted} replicas confirmed it in time"
+            )),
+            other => Some(format!("WAIT answered {other:?}")),
+        }
     }
 
-    /// Answers the ping from its reply, hands it to the node a redirect names, or keeps it
-    /// to send again after loading the script.
-    fn settle(&self, mut job: Job, reply: Result<Value, StoreError>) -> Outcome {
-        let error = match reply {
-            Err(refused) => {
-                job.answer(Err(refused));
+    /// Answers the ping from its reply (refused, if it was stored but `shortfall` says too
+    /// few replicas confirmed it), hands it to the node a redirect names, or keeps it to send
+    /// again after loading the script.
+    fn settle(&self, mut job: Job, reply: Value, shortfall: Option<&str>) -> Outcome {
+        let error = match (reply, shortfall) {
+            (Value::ServerError(error), _) => error,
+            (_, Some(why)) => {
+                job.answer(Err(StoreError::Unavailable(why.to_owned())));
                 return Outcome::Done;
             }
-            Ok(Value::ServerError(error)) => error,
-            Ok(value) => {
+            (value, None) => {
                 let seq = u64::from_redis_value(value).map_err(|e| {
                     StoreError::Unavailable(format!("unexpected reply from Redis: {e}"))
                 });
@@ -382,18 +372,14 @@ impl Writer {
                 return Outcome::Done;
             }
         };
-        let addr = error
-            .details()
-            .and_then(|d| d.split_once(' '))
-            .map(|(_slot, addr)| addr);
+        if error.kind() == Some(ServerErrorKind::NoScript) {
+            return Outcome::Reload(job);
+        }
         let router = &self.shared.router;
-        let redirect = match (error.kind(), addr) {
-            (Some(ServerErrorKind::NoScript), _) => return Outcome::Reload(job),
-            (Some(ServerErrorKind::Moved), Some(addr)) => {
-                router.moved(job.record.key(), addr).map(|to| (to, false))
-            }
-            (Some(ServerErrorKind::Ask), Some(addr)) => router.node_at(addr).map(|to| (to, true)),
-            _ => None,
+        let redirect = match Redirect::of(&error) {
+            Some(Redirect::Moved(slot, addr)) => router.moved(slot, addr).map(|to| (to, false)),
+            Some(Redirect::Ask(addr)) => router.node_at(addr).map(|to| (to, true)),
+            None => None,
         };
         match redirect {
             Some((to, asking)) if job.redirects < REDIRECTS => {

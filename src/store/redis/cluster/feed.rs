@@ -29,10 +29,10 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, select};
 use parking_lot::{Mutex, RwLock};
-use redis::{ServerErrorKind, Value};
+use redis::Value;
 
 use super::super::feed::{BACKOFF_MAX, BACKOFF_MIN, deliver, jitter};
-use super::super::node::{Node, Router};
+use super::super::node::{Node, Redirect, Router};
 use super::super::schema::Keys;
 use super::super::slot::slot;
 use super::topology::Topology;
@@ -168,11 +168,8 @@ impl Coordinator {
             .filter(|addr| !current.contains(addr.as_str()))
             .cloned()
             .collect();
-        let mut users: Vec<Arc<str>> = Vec::new();
         for addr in gone {
-            if let Some(state) = self.states.write().remove(&addr) {
-                users.extend(state.subs.lock().wanted.iter().cloned());
-            }
+            self.states.write().remove(&addr);
             if let Some(feed) = self.feeds.remove(&addr) {
                 log::info!("redis cluster: {addr} is no longer a master; its feed stops");
                 worker::stop_all(vec![feed]);
@@ -192,7 +189,7 @@ impl Coordinator {
             }
         }
         // Every watched user, and every user some feed holds, goes where the map says now.
-        users.extend(self.context.hub.users().into_iter().map(Arc::from));
+        let mut users = self.context.hub.users();
         for state in self.states.read().values() {
             users.extend(state.subs.lock().wanted.iter().cloned());
         }
@@ -543,19 +540,11 @@ impl Shard {
     /// A refused `SSUBSCRIBE`: a `MOVED` (the slot is elsewhere) gives back the slot's
     /// users to be assigned again by the corrected map; anything else is logged.
     fn refused(&self, error: &redis::ServerError) {
-        let moved = match (
-            error.kind(),
-            error.details().and_then(|d| d.split_once(' ')),
-        ) {
-            (Some(ServerErrorKind::Moved), Some((slot, addr))) => {
-                slot.parse::<u16>().ok().map(|slot| (slot, addr))
-            }
-            _ => None,
-        };
-        let Some((moved_slot, addr)) = moved else {
+        let Some(Redirect::Moved(moved_slot, addr)) = Redirect::of(error) else {
             log::warn!("{} refused a subscription: {error}", self.state.node.addr);
             return;
         };
+        self.context.topology.moved(moved_slot, addr);
         let keys = &self.context.keys;
         let users: Vec<Arc<str>> = {
             let mut subs = self.state.subs.lock();
@@ -575,9 +564,6 @@ impl Shard {
             self.state.node.addr,
             users.len()
         );
-        if let Some(user) = users.first() {
-            self.context.topology.moved(&keys.channel(user), addr);
-        }
         for user in users {
             let _ = self.requeue.send(user);
         }

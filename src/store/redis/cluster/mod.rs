@@ -9,12 +9,12 @@ mod topology;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::{RedisError, ServerErrorKind, Value};
+use redis::{RedisError, Value};
 
 use self::feed::{ClusterFeed, Context, FeedStates};
 use self::topology::Topology;
 use super::RedisOptions;
-use super::node::{Node, Router};
+use super::node::{Node, Redirect, Router};
 use super::schema::{Keys, LastRow, parse_last};
 use super::writer::Writers;
 use crate::config::ClusterSeeds;
@@ -103,10 +103,10 @@ impl ClusterStore {
         let (mut pings, mut moved) = (Vec::new(), Vec::new());
         for (user, reply) in users.iter().zip(replies) {
             match reply {
-                Value::ServerError(e) if e.kind() == Some(ServerErrorKind::Moved) => {
-                    if let Some((_, addr)) = e.details().and_then(|d| d.split_once(' ')) {
-                        self.topology.moved(&self.keys.last(user), addr);
-                    }
+                Value::ServerError(ref e)
+                    if let Some(Redirect::Moved(slot, addr)) = Redirect::of(e) =>
+                {
+                    self.topology.moved(slot, addr);
                     moved.push(user.clone());
                 }
                 Value::ServerError(e) => {

@@ -198,9 +198,9 @@ impl Router for Topology {
         })
     }
 
-    fn moved(&self, key: &str, addr: &str) -> Option<Arc<Node>> {
+    fn moved(&self, slot: u16, addr: &str) -> Option<Arc<Node>> {
         let node = self.node(addr)?;
-        let slot = usize::from(slot(key.as_bytes()));
+        let slot = usize::from(slot);
         {
             let mut map = self.map.write();
             let index = match map.masters.iter().position(|n| n.addr == node.addr) {
@@ -325,7 +325,7 @@ mod tests {
         assert_eq!(topology.node_for(key).unwrap().addr, "a:1");
         assert_eq!(topology.read(|m| (m.version, m.uncovered())), (1, 0));
 
-        let moved = topology.moved(key, "c:3").unwrap();
+        let moved = topology.moved(slot(key.as_bytes()), "c:3").unwrap();
         assert_eq!(moved.addr, "c:3");
         assert_eq!(topology.node_for(key).unwrap().addr, "c:3");
         assert_eq!(
