@@ -183,6 +183,15 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    fn assert_has_lines(text: &str, lines: &[&str]) {
+        for line in lines {
+            assert!(
+                text.lines().any(|l| l == *line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+    }
+
     fn readings() -> Readings {
         Readings {
             streams: 3,
@@ -198,29 +207,27 @@ mod tests {
         metrics.count_refused(&Rejection::TooLarge("x".into()));
         metrics.connection_budget.store(100, Ordering::Relaxed);
         let text = metrics.render(&readings());
-        for line in [
-            "# TYPE heartbeat_pings_accepted counter",
-            "heartbeat_pings_accepted_total 1",
-            "heartbeat_pings_refused_total{reason=\"too_large\"} 1",
-            "heartbeat_pings_refused_total{reason=\"invalid\"} 0",
-            "heartbeat_streams 3",
-            "heartbeat_subscribers_dropped_total 2",
-            "heartbeat_redis_subscription_up 1",
-            "heartbeat_connection_budget 100",
-            concat!(
-                "heartbeat_build_info{version=\"",
-                env!("CARGO_PKG_VERSION"),
-                "\"} 1"
-            ),
-            "# TYPE heartbeat_ping_duration_seconds histogram",
-            "heartbeat_ping_duration_seconds_count{outcome=\"stored\"} 0",
-            "# EOF",
-        ] {
-            assert!(
-                text.lines().any(|l| l == line),
-                "missing {line:?} in\n{text}"
-            );
-        }
+        assert_has_lines(
+            &text,
+            &[
+                "# TYPE heartbeat_pings_accepted counter",
+                "heartbeat_pings_accepted_total 1",
+                "heartbeat_pings_refused_total{reason=\"too_large\"} 1",
+                "heartbeat_pings_refused_total{reason=\"invalid\"} 0",
+                "heartbeat_streams 3",
+                "heartbeat_subscribers_dropped_total 2",
+                "heartbeat_redis_subscription_up 1",
+                "heartbeat_connection_budget 100",
+                concat!(
+                    "heartbeat_build_info{version=\"",
+                    env!("CARGO_PKG_VERSION"),
+                    "\"} 1"
+                ),
+                "# TYPE heartbeat_ping_duration_seconds histogram",
+                "heartbeat_ping_duration_seconds_count{outcome=\"stored\"} 0",
+                "# EOF",
+            ],
+        );
         // Every sample line is `name{labels} value`, with a number for the value.
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (_, value) = line.rsplit_once(' ').unwrap();
@@ -245,20 +252,18 @@ mod tests {
             .observe(Duration::from_secs(30));
         assert_eq!(stored.count(), 5);
         let text = metrics.render(&readings());
-        for line in [
-            "heartbeat_ping_duration_seconds_bucket{le=\"0.0001\",outcome=\"stored\"} 2",
-            "heartbeat_ping_duration_seconds_bucket{le=\"0.0005\",outcome=\"stored\"} 3",
-            "heartbeat_ping_duration_seconds_bucket{le=\"2.5\",outcome=\"stored\"} 4",
-            "heartbeat_ping_duration_seconds_bucket{le=\"+Inf\",outcome=\"stored\"} 5",
-            "heartbeat_ping_duration_seconds_count{outcome=\"stored\"} 5",
-            "heartbeat_ping_duration_seconds_sum{outcome=\"stored\"} 62.00045",
-            "heartbeat_stream_duration_seconds_bucket{le=\"60.0\",end=\"max_age\"} 1",
-            "heartbeat_stream_duration_seconds_count{end=\"client_gone\"} 0",
-        ] {
-            assert!(
-                text.lines().any(|l| l == line),
-                "missing {line:?} in\n{text}"
-            );
-        }
+        assert_has_lines(
+            &text,
+            &[
+                "heartbeat_ping_duration_seconds_bucket{le=\"0.0001\",outcome=\"stored\"} 2",
+                "heartbeat_ping_duration_seconds_bucket{le=\"0.0005\",outcome=\"stored\"} 3",
+                "heartbeat_ping_duration_seconds_bucket{le=\"2.5\",outcome=\"stored\"} 4",
+                "heartbeat_ping_duration_seconds_bucket{le=\"+Inf\",outcome=\"stored\"} 5",
+                "heartbeat_ping_duration_seconds_count{outcome=\"stored\"} 5",
+                "heartbeat_ping_duration_seconds_sum{outcome=\"stored\"} 62.00045",
+                "heartbeat_stream_duration_seconds_bucket{le=\"60.0\",end=\"max_age\"} 1",
+                "heartbeat_stream_duration_seconds_count{end=\"client_gone\"} 0",
+            ],
+        );
     }
 }
