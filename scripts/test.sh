@@ -3,11 +3,12 @@
 # a CI-sized benchmark run (so the tool cannot rot), then builds the static musl release
 # binary (the one that ships) and runs the whole suite against it (HEARTBEAT_BIN), the curl
 # smoke script, the Chromium test, the empty-root test and the OpenAPI contract (schemathesis,
-# installed pinned into target/schemathesis) included. Needs redis-server, redis-benchmark,
-# wrk, chromium, the musl target, cargo-fuzz (`.ci/run` installs them) and python3 with venv.
-# Before the suite, five seconds of each fuzz target.
+# installed pinned into target/schemathesis) included. First installs what it needs and the
+# machine lacks (scripts/install-deps.sh: apt-get, rustup, cargo install). Before the suite,
+# five seconds of each fuzz target.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+scripts/install-deps.sh
 cargo fmt --all --check
 cargo fmt --manifest-path fuzz/Cargo.toml --check
 cargo clippy --locked --workspace --all-targets -- -D warnings

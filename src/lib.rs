@@ -177,7 +177,7 @@ pub fn run() -> Result<(), Error> {
         Shared {
             routes: Routes {
                 store,
-                streams: Arc::clone(&streams),
+                streams: streams.clone(),
                 metrics: Arc::clone(&metrics),
                 limits: config.limits,
                 cors: config.cors.clone(),

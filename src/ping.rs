@@ -21,8 +21,9 @@ struct PingBody {
     status: String,
 }
 
-/// A user's last ping. `seq` increases by one with every ping of that user in the store, so
-/// it orders pings of one user even across instances whose clocks differ.
+/// A user's last ping. `seq` is above the user's previous one and never below the clock in
+/// microseconds ([`next_seq`](crate::store::next_seq)), so it orders pings of one user even
+/// across instances whose clocks differ, and it is the event's id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LastPing {
     pub seq: u64,

@@ -1,31 +1,41 @@
 //! The API: which request does what. Answers pings, health and metrics, and turns a subscribe
-//! request into a [`Subscribe`] for the connection to stream. Knows nothing of sockets.
-
-use std::sync::Arc;
+//! request into a [`Subscribe`] for the connection to stream. Knows nothing of sockets, and
+//! starts no thread.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use crate::config::{Cors, Limits, TrustedProxies};
-use crate::http::{Request, Response};
+use crate::http::{JSON, Request, Response};
 use crate::ids;
-use crate::metrics::{Metrics, Readings};
+use crate::metrics::{Metrics, PingOutcome, Readings};
 use crate::ping::{self, Rejection};
 use crate::store::Store;
-use crate::stream::{Form, Streams, Subscribe};
+use crate::stream::{Form, Subscribe};
 
 /// What the connection should do with a request.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
     Respond(Response),
-    /// Answer with an event stream of `user`'s pings.
+    /// Answer a `POST /ping`, and time it as what became of the ping.
+    Pinged(Response, PingOutcome),
+    /// Answer with an event stream of the users the request names.
     Subscribe(Subscribe),
+}
+
+/// What `/metrics` reads of the open streams, from whatever serves them.
+pub trait StreamCounts: Send + Sync {
+    /// Streams open now.
+    fn open(&self) -> usize;
+    /// Subscribers the hub dropped for falling behind.
+    fn dropped_slow(&self) -> u64;
 }
 
 /// The routes with what they need.
 pub struct Routes {
     pub store: Arc<dyn Store>,
     /// Read for `/metrics`; the connection serves the streams.
-    pub streams: Arc<Streams>,
+    pub streams: Arc<dyn StreamCounts>,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
     pub cors: Cors,
@@ -38,10 +48,14 @@ impl Routes {
         if request.header("x-user-claim").is_some() && !self.trusted.trusts(peer) {
             let peer = peer.map_or("an unknown peer".into(), |p| p.to_string());
             log::debug!("refused an X-User-Claim from {peer}");
-            return Outcome::Respond(Response::text(
+            let refused = Response::text(
                 403,
                 &format!("X-User-Claim is accepted only from TRUSTED_PROXIES, not from {peer}"),
-            ));
+            );
+            return match request.method == "POST" && request.path() == "/ping" {
+                true => Outcome::Pinged(refused, PingOutcome::Refused),
+                false => Outcome::Respond(refused),
+            };
         }
         let method = request.method.as_str();
         let route = route(request, &self.limits);
@@ -52,7 +66,10 @@ impl Routes {
         .then(|| self.cors.allow(request.header("origin")))
         .flatten();
         let mut outcome = match route {
-            Ok(Route::Ping) if method == "POST" => Outcome::Respond(self.ping(request)),
+            Ok(Route::Ping) if method == "POST" => {
+                let (response, outcome) = self.ping(request);
+                Outcome::Pinged(response, outcome)
+            }
             Ok(Route::Ping) if method == "OPTIONS" && self.cors != Cors::Off => Outcome::Respond(
                 preflight(cors.is_some(), "POST", "Content-Type, X-User-Claim"),
             ),
@@ -75,7 +92,7 @@ impl Routes {
         };
         if let Some(origin) = cors {
             let headers = match &mut outcome {
-                Outcome::Respond(response) => &mut response.headers,
+                Outcome::Respond(response) | Outcome::Pinged(response, _) => &mut response.headers,
                 Outcome::Subscribe(subscribe) => &mut subscribe.headers,
             };
             headers.push(("Access-Control-Allow-Origin", origin));
@@ -99,9 +116,7 @@ impl Routes {
                 }),
             ),
         };
-        Response::text(status, &body.to_string())
-            .with_header("Content-Type", "application/json")
-            .with_header("Cache-Control", "no-store")
+        Response::typed(status, JSON, &body.to_string()).with_header("Cache-Control", "no-store")
     }
 
     /// `GET /status?user=...`: each user's last ping or `null`, in one store round trip.
@@ -116,9 +131,8 @@ impl Routes {
                     let ping = serde_json::json!({ "time": ping.time, "status": ping.status });
                     body.insert(user, ping);
                 }
-                Response::text(200, &serde_json::Value::Object(body).to_string())
-                    .with_header("Content-Type", "application/json")
-                    .with_header("Cache-Control", "no-store")
+                let body = serde_json::Value::Object(body).to_string();
+                Response::typed(200, JSON, &body).with_header("Cache-Control", "no-store")
             }
             Err(e) => {
                 log::debug!("status of {} users not read: {e}", users.len());
@@ -133,11 +147,12 @@ impl Routes {
             subscribers_dropped_slow: self.streams.dropped_slow(),
             feed_up: self.store.feed_up(),
         };
-        Response::text(200, self.metrics.render(&readings).trim_end())
-            .with_header("Content-Type", crate::metrics::CONTENT_TYPE)
+        let body = self.metrics.render(&readings);
+        Response::typed(200, crate::metrics::CONTENT_TYPE, body.trim_end())
     }
 
-    fn ping(&self, request: &Request) -> Response {
+    /// Stores the ping a `POST /ping` carries; the answer, and what became of the ping.
+    fn ping(&self, request: &Request) -> (Response, PingOutcome) {
         let parsed = ping::parse_claim(request.header("x-user-claim"), &self.limits)
             .and_then(|claim| Ok((claim, ping::parse_status(&request.body, &self.limits)?)));
         let (claim, status) = match parsed {
@@ -145,7 +160,7 @@ impl Routes {
             Err(rejection) => {
                 log::debug!("ping refused: {rejection}");
                 self.metrics.count_refused(&rejection);
-                return refuse(&rejection);
+                return (refuse(&rejection), PingOutcome::Refused);
             }
         };
         match self
@@ -161,12 +176,15 @@ impl Routes {
                     stored.status,
                     stored.seq
                 );
-                Response::empty(200)
+                (Response::empty(200), PingOutcome::Stored)
             }
             Err(e) => {
                 log::debug!("ping from {:?} not stored: {e}", claim.userid);
                 Metrics::count(&self.metrics.pings_refused_unavailable_total);
-                Response::text(503, &e.to_string())
+                (
+                    Response::text(503, &e.to_string()),
+                    PingOutcome::Unavailable,
+                )
             }
         }
     }
@@ -286,28 +304,26 @@ fn not_allowed(allow: &'static str) -> Response {
 mod tests {
     use super::*;
     use crate::hub::Hub;
-    use crate::store::cached::CachedReads;
     use crate::store::memory::MemoryStore;
-    use crate::stream::Writing;
-    use std::time::Duration;
+
+    /// No streams: what `/metrics` reads of them in these tests.
+    struct NoStreams;
+
+    impl StreamCounts for NoStreams {
+        fn open(&self) -> usize {
+            0
+        }
+        fn dropped_slow(&self) -> u64 {
+            0
+        }
+    }
 
     fn routes_with(cors: Cors) -> (Routes, Arc<MemoryStore>) {
-        let hub = Hub::new(4);
-        let store = Arc::new(MemoryStore::new(Arc::clone(&hub)));
-        let (cached, _) = CachedReads::start(store.clone(), Arc::clone(&hub)).unwrap();
-        let metrics = Arc::new(Metrics::default());
-        let (hangups, _) = crate::hangup::Hangups::start().unwrap();
-        let writing = Writing {
-            keepalive: Duration::from_secs(25),
-            max_stream: None,
-            timeout: Duration::from_secs(10),
-            send_buffer: 65536,
-        };
-        let streams = Streams::new(hub, cached, hangups, writing, Arc::clone(&metrics));
+        let store = Arc::new(MemoryStore::new(Hub::new(4)));
         let routes = Routes {
             store: Arc::clone(&store) as Arc<dyn Store>,
-            streams: Arc::new(streams),
-            metrics,
+            streams: Arc::new(NoStreams),
+            metrics: Arc::new(Metrics::default()),
             limits: Limits::default(),
             cors,
             trusted: TrustedProxies::default(),
@@ -335,7 +351,7 @@ mod tests {
 
     fn respond(routes: &Routes, request: Request) -> Response {
         match routes.handle(&request, None) {
-            Outcome::Respond(response) => response,
+            Outcome::Respond(response) | Outcome::Pinged(response, _) => response,
             other => panic!("expected a response, got {other:?}"),
         }
     }
@@ -458,11 +474,7 @@ mod tests {
         store.record("a", "1", 1_700_000_000_000_000).unwrap();
         let response = respond(&routes, request("GET", "/status?user=a&user=b+c", None, ""));
         assert_eq!(response.status, 200);
-        assert!(
-            response
-                .headers
-                .contains(&("Content-Type", "application/json".into()))
-        );
+        assert_eq!(response.content_type, Some("application/json"));
         let body: serde_json::Value = serde_json::from_str(&response.body).unwrap();
         assert_eq!(
             body,
@@ -489,7 +501,7 @@ mod tests {
             assert_eq!(response.status, 404, "{target}");
         }
         let status = |target: &str| match subscribe(target) {
-            Outcome::Respond(r) => r.status,
+            Outcome::Respond(r) | Outcome::Pinged(r, _) => r.status,
             Outcome::Subscribe(_) => 200,
         };
         assert_eq!(status("/subscribe/%zz"), 400);

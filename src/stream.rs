@@ -16,6 +16,7 @@ use crate::http::{DeadlineWriter, EventStream};
 use crate::hub::{End, Hub, Subscriber, WaitError};
 use crate::metrics::{Metrics, StreamEnd};
 use crate::ping;
+use crate::routes::StreamCounts;
 use crate::store::cached::CachedReads;
 
 /// A request to watch users, as the routes parsed it.
@@ -141,16 +142,6 @@ impl Streams {
         self.metrics.stream_duration(end).observe(began.elapsed());
     }
 
-    /// Streams open now.
-    pub fn open(&self) -> usize {
-        *self.open.lock()
-    }
-
-    /// How many subscribers the hub dropped for falling behind.
-    pub fn dropped_slow(&self) -> u64 {
-        self.hub.dropped_slow()
-    }
-
     /// Ends every stream (each writes its last chunk, so browsers reconnect elsewhere), refuses
     /// new ones, and waits up to `grace` for them to end. Returns how many had not.
     pub fn close(&self, grace: Duration) -> usize {
@@ -165,6 +156,16 @@ impl Streams {
     fn enter(&self) -> Open<'_> {
         *self.open.lock() += 1;
         Open(self)
+    }
+}
+
+impl StreamCounts for Streams {
+    fn open(&self) -> usize {
+        *self.open.lock()
+    }
+
+    fn dropped_slow(&self) -> u64 {
+        self.hub.dropped_slow()
     }
 }
 

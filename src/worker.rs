@@ -5,7 +5,9 @@
 use std::io;
 use std::thread::{self, JoinHandle};
 
-/// A named thread and the way to ask it to stop.
+/// A named thread and the way to ask it to stop. Dropped unjoined, its thread would run
+/// on unowned and its panic go unreported: hand it to [`stop_all`].
+#[must_use = "a worker must be stopped and joined with stop_all"]
 pub struct Worker {
     handle: JoinHandle<()>,
     stop: Box<dyn FnOnce() + Send>,

@@ -5,7 +5,7 @@ mod support;
 use std::io::{BufReader, Write};
 use std::time::{Duration, Instant};
 
-use support::{AT_ONCE, Heartbeat, Redis, SOON, Sse, SseItem, heartbeat_on_redis, now_secs};
+use support::{AT_ONCE, Heartbeat, Redis, Reply, SOON, Sse, SseItem, heartbeat_on_redis, now_secs};
 
 #[test]
 fn a_ping_is_answered_200_with_an_empty_body_and_stored_in_redis() {
@@ -462,4 +462,76 @@ fn sigterm_ends_every_stream_with_the_last_chunk_and_exits_0() {
         sse.expect_end(AT_ONCE);
     }
     assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[test]
+fn every_route_sends_each_header_at_most_once() {
+    let app = "https://app.example";
+    let heartbeat = Heartbeat::start_with(&[("REDIS", "memory"), ("CORS_ORIGINS", app)]);
+    let fenced = Heartbeat::start_with(&[("REDIS", "memory"), ("TRUSTED_PROXIES", "10.9.9.9")]);
+    let claim = r#"{"userid":"u","clientid":"c"}"#;
+    let body = r#"{"status":"1"}"#;
+    let ask = |heartbeat: &Heartbeat, method: &str, target: &str, extra: &str, body: &str| {
+        heartbeat.request(
+            format!(
+                "{method} {target} HTTP/1.1\r\nHost: t\r\nOrigin: {app}\r\n{extra}\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+    };
+    let with_claim = format!("X-User-Claim: {claim}\r\n");
+    let big = format!(r#"{{"status":"{}"}}"#, "x".repeat(2000));
+    let cases: Vec<(Reply, u16)> = vec![
+        (ask(&heartbeat, "POST", "/ping", &with_claim, body), 200),
+        (ask(&heartbeat, "POST", "/ping", "", body), 400),
+        (ask(&heartbeat, "POST", "/ping", &with_claim, &big), 413),
+        (ask(&fenced, "POST", "/ping", &with_claim, body), 403),
+        (ask(&heartbeat, "GET", "/ping", "", ""), 405),
+        (ask(&heartbeat, "OPTIONS", "/ping", "", ""), 204),
+        (ask(&heartbeat, "OPTIONS", "/status?user=u", "", ""), 204),
+        (ask(&heartbeat, "OPTIONS", "/subscribe/u", "", ""), 204),
+        (ask(&heartbeat, "GET", "/status?user=u&user=v", "", ""), 200),
+        (ask(&heartbeat, "GET", "/status", "", ""), 400),
+        (ask(&heartbeat, "GET", "/healthz", "", ""), 200),
+        (ask(&heartbeat, "GET", "/metrics", "", ""), 200),
+        (ask(&heartbeat, "POST", "/metrics", "", ""), 405),
+        (ask(&heartbeat, "GET", "/nowhere", "", ""), 404),
+        (ask(&heartbeat, "GET", "/subscribe/%zz", "", ""), 400),
+        (
+            ask(
+                &heartbeat,
+                "GET",
+                "/subscribe/u",
+                "Last-Event-ID: x\r\n",
+                "",
+            ),
+            400,
+        ),
+        (heartbeat.request(b"NOT HTTP\r\n\r\n"), 400),
+        (
+            heartbeat
+                .request(format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "x".repeat(20_000)).as_bytes()),
+            431,
+        ),
+    ];
+    for (reply, status) in &cases {
+        assert_eq!(reply.status, *status, "{reply:?}");
+        reply.assert_each_header_once();
+    }
+    let status = &cases[8].0;
+    assert_eq!(status.header("content-type"), Some("application/json"));
+    assert_eq!(status.header("access-control-allow-origin"), Some(app));
+    let origin = format!("Origin: {app}\r\n");
+    for path in [
+        "/subscribe/u",
+        "/subscribe/u/client/c",
+        "/subscribe?user=u&user=v",
+    ] {
+        let sse = Sse::open_with(heartbeat.connect(), path, "HTTP/1.1", &origin);
+        assert_eq!(sse.head.status, 200, "{path}");
+        assert_eq!(sse.head.header("content-type"), Some("text/event-stream"));
+        sse.head.assert_each_header_once();
+    }
 }

@@ -4,42 +4,37 @@
 #![no_main]
 
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use heartbeat::config::{Cors, Limits, TrustedProxies};
-use heartbeat::hangup::Hangups;
 use heartbeat::http::Request;
 use heartbeat::hub::Hub;
-use heartbeat::routes::{Outcome, Routes};
-use heartbeat::store::cached::CachedReads;
+use heartbeat::routes::{Outcome, Routes, StreamCounts};
 use heartbeat::store::memory::MemoryStore;
-use heartbeat::stream::{Streams, Writing};
 use heartbeat::{ids, ping};
 use libfuzzer_sys::fuzz_target;
 
+/// No streams: the fuzzed routes only turn a subscribe into a [`Subscribe`](heartbeat::stream::Subscribe).
+struct NoStreams;
+
+impl StreamCounts for NoStreams {
+    fn open(&self) -> usize {
+        0
+    }
+    fn dropped_slow(&self) -> u64 {
+        0
+    }
+}
+
+/// Routes on the in-memory store; they start no thread.
 fn routes() -> &'static Routes {
     static ROUTES: OnceLock<Routes> = OnceLock::new();
-    ROUTES.get_or_init(|| {
-        let hub = Hub::new(8);
-        let store = Arc::new(MemoryStore::new(Arc::clone(&hub)));
-        let (cached, _) = CachedReads::start(store.clone(), Arc::clone(&hub)).unwrap();
-        let (hangups, _) = Hangups::start().unwrap();
-        let writing = Writing {
-            keepalive: Duration::from_secs(25),
-            max_stream: None,
-            timeout: Duration::from_secs(1),
-            send_buffer: 65536,
-        };
-        let metrics = Arc::default();
-        let streams = Streams::new(hub, cached, hangups, writing, Arc::clone(&metrics));
-        Routes {
-            store,
-            streams: Arc::new(streams),
-            metrics,
-            limits: small_limits(),
-            cors: Cors::Any,
-            trusted: TrustedProxies::default(),
-        }
+    ROUTES.get_or_init(|| Routes {
+        store: Arc::new(MemoryStore::new(Hub::new(8))),
+        streams: Arc::new(NoStreams),
+        metrics: Arc::default(),
+        limits: small_limits(),
+        cors: Cors::Any,
+        trusted: TrustedProxies::default(),
     })
 }
 
@@ -105,10 +100,10 @@ fuzz_target!(|data: &[u8]| {
             body: body.to_vec(),
         };
         match routes().handle(&request, None) {
-            Outcome::Respond(response) if response.status >= 400 => {
+            Outcome::Respond(response) | Outcome::Pinged(response, _) if response.status >= 400 => {
                 one_line_4xx(response.status, &response.body)
             }
-            Outcome::Respond(_) => {}
+            Outcome::Respond(_) | Outcome::Pinged(..) => {}
             Outcome::Subscribe(subscribe) => {
                 assert!((1..=limits.max_users_per_stream).contains(&subscribe.users.len()));
             }

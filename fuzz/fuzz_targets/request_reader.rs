@@ -4,49 +4,11 @@
 #![no_main]
 
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
 use std::time::Duration;
 
 use heartbeat::config::Limits;
-use heartbeat::http::{ReadError, RequestReader, Timeouts, Transport};
+use heartbeat::http::{ReadError, RequestReader, Scripted, Timeouts};
 use libfuzzer_sys::fuzz_target;
-
-/// Scripted reads; `None` is a read timeout. Then end of file.
-struct Script {
-    reads: VecDeque<Option<Vec<u8>>>,
-}
-
-impl Read for Script {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self.reads.pop_front() {
-            None => Ok(0),
-            Some(None) => Err(io::ErrorKind::WouldBlock.into()),
-            Some(Some(mut data)) => {
-                let n = data.len().min(buf.len());
-                buf[..n].copy_from_slice(&data[..n]);
-                if n < data.len() {
-                    self.reads.push_front(Some(data.split_off(n)));
-                }
-                Ok(n)
-            }
-        }
-    }
-}
-
-impl Write for Script {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Transport for Script {
-    fn set_read_timeout(&mut self, _: Option<Duration>) -> io::Result<()> {
-        Ok(())
-    }
-}
 
 fuzz_target!(|data: &[u8]| {
     // The first byte chooses the pieces' sizes (1 for byte-at-a-time) and whether a read
@@ -63,7 +25,10 @@ fuzz_target!(|data: &[u8]| {
         }
         reads.push_back(Some(chunk.to_vec()));
     }
-    let mut script = Script { reads };
+    let mut script = Scripted {
+        reads,
+        written: Vec::new(),
+    };
     // Small limits, so the fuzzer reaches them.
     let limits = Limits {
         max_head_bytes: 512,

@@ -272,56 +272,7 @@ fn head_too_large(limits: &Limits) -> ReadError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::VecDeque;
-
-    /// A connection that yields scripted reads (`None` is a read timeout), then end of file.
-    #[derive(Default)]
-    struct Script {
-        reads: VecDeque<Option<Vec<u8>>>,
-        written: Vec<u8>,
-    }
-
-    impl Script {
-        fn new(reads: &[&[u8]]) -> Script {
-            Script {
-                reads: reads.iter().map(|r| Some(r.to_vec())).collect(),
-                written: Vec::new(),
-            }
-        }
-    }
-
-    impl Read for Script {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            match self.reads.pop_front() {
-                None => Ok(0),
-                Some(None) => Err(io::ErrorKind::WouldBlock.into()),
-                Some(Some(mut data)) => {
-                    let n = data.len().min(buf.len());
-                    buf[..n].copy_from_slice(&data[..n]);
-                    if n < data.len() {
-                        self.reads.push_front(Some(data.split_off(n)));
-                    }
-                    Ok(n)
-                }
-            }
-        }
-    }
-
-    impl Write for Script {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.written.extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl Transport for Script {
-        fn set_read_timeout(&mut self, _: Option<Duration>) -> io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::http::Scripted as Script;
 
     const TIMEOUTS: Timeouts = Timeouts {
         idle: Duration::from_secs(5),

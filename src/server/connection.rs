@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::http::{ReadError, RequestReader, Timeouts};
-use crate::metrics::{Metrics, PingOutcome};
+use crate::metrics::Metrics;
 use crate::routes::{Outcome, Routes};
 use crate::stream::Streams;
 
@@ -51,31 +51,25 @@ pub fn serve(stream: TcpStream, shared: &Shared) {
         };
         let read_at = Instant::now();
         let keep_alive = request.keep_alive();
-        let is_ping = request.method == "POST" && request.path() == "/ping";
-        match shared.routes.handle(&request, peer) {
-            Outcome::Respond(response) => {
-                let written = response.write_to(&mut stream, keep_alive);
-                if is_ping {
-                    let outcome = match response.status {
-                        200 => PingOutcome::Stored,
-                        503 => PingOutcome::Unavailable,
-                        _ => PingOutcome::Refused,
-                    };
-                    shared
-                        .metrics
-                        .ping_duration(outcome)
-                        .observe(read_at.elapsed());
-                }
-                if written.is_err() || !keep_alive {
-                    return;
-                }
-            }
+        let (response, ping) = match shared.routes.handle(&request, peer) {
+            Outcome::Respond(response) => (response, None),
+            Outcome::Pinged(response, outcome) => (response, Some(outcome)),
             Outcome::Subscribe(subscribe) => {
                 let minor_version = request.minor_version;
                 drop((request, reader));
                 shared.streams.serve(&stream, minor_version, subscribe);
                 return;
             }
+        };
+        let written = response.write_to(&mut stream, keep_alive);
+        if let Some(outcome) = ping {
+            shared
+                .metrics
+                .ping_duration(outcome)
+                .observe(read_at.elapsed());
+        }
+        if written.is_err() || !keep_alive {
+            return;
         }
     }
 }

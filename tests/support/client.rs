@@ -13,12 +13,44 @@ pub struct Reply {
     pub body: String,
 }
 
+/// Headers HTTP allows once only: a field whose value is not a comma-separated list (RFC 9110
+/// 5.3), of those heartbeat or a proxy in front of it may send.
+const SINGLETONS: &[&str] = &[
+    "access-control-allow-origin",
+    "access-control-max-age",
+    "content-length",
+    "content-type",
+    "date",
+    "location",
+    "retry-after",
+    "x-accel-buffering",
+];
+
 impl Reply {
+    /// The value of the header `name`, which must not stand twice (see [`Reply::headers_named`]).
     pub fn header(&self, name: &str) -> Option<&str> {
+        let values = self.headers_named(name);
+        assert!(values.len() <= 1, "{name} twice: {self:?}");
+        values.first().copied()
+    }
+
+    /// Every value of the header `name`, in the order sent.
+    pub fn headers_named(&self, name: &str) -> Vec<&str> {
         self.headers
             .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// Asserts that no header stands twice, whatever HTTP allows.
+    pub fn assert_each_header_once(&self) {
+        for (i, (name, _)) in self.headers.iter().enumerate() {
+            let again = self.headers[i + 1..]
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case(name));
+            assert!(!again, "{name} twice: {self:?}");
+        }
     }
 
     /// Asserts a `200`.
@@ -65,6 +97,13 @@ pub fn read_reply(reader: &mut impl BufRead) -> std::io::Result<Reply> {
         headers,
         body: String::new(),
     };
+    for name in SINGLETONS {
+        let values = reply.headers_named(name);
+        assert!(
+            values.len() <= 1,
+            "{name} sent twice: {values:?} in {reply:?}"
+        );
+    }
     if let Some(len) = reply.header("content-length") {
         let mut body = vec![0; len.parse().expect("a length")];
         reader.read_exact(&mut body)?;

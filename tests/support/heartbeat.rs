@@ -178,12 +178,12 @@ impl Heartbeat {
         Sse::open_with(self.connect(), path, "HTTP/1.1", &header)
     }
 
-    /// `GET path` on a connection of its own; the response in full.
     /// The value of the sample `name` (with its labels) in `/metrics`, if present.
     pub fn sample(&self, name: &str) -> Option<f64> {
         sample_in(&self.get("/metrics").body, name)
     }
 
+    /// `GET path` on a connection of its own; the response in full.
     pub fn get(&self, path: &str) -> Reply {
         self.request(
             format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs and a fresh Debian machine with Rust lacks, and nothing
+# that is there already: redis-server, redis-benchmark, wrk, chromium and python3's venv
+# (Debian packages), the musl target (rustup) and cargo-fuzz (crates.io). scripts/test.sh
+# runs it first; apt-get needs root (or sudo).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v redis-benchmark >/dev/null 2>&1 || missing+=(redis-tools)
+command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=()
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null 2>&1 || {
+      echo "install-deps: missing ${missing[*]}; run as root or install them: apt-get install -y ${missing[*]}" >&2
+      exit 1
+    }
+    sudo=(sudo)
+  fi
+  echo "installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  "${sudo[@]}" apt-get update -qq
+  "${sudo[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# The binary that ships is built for musl (scripts/build-static.sh, as the Dockerfile does).
+rustup target list --installed | grep -qx x86_64-unknown-linux-musl ||
+  rustup target add x86_64-unknown-linux-musl
+
+# The fuzz targets' runner (scripts/fuzz.sh).
+command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked --quiet

@@ -1,0 +1,149 @@
+//! Addresses: where to listen (`LISTEN`) and which store to reach (`REDIS`), parsed and
+//! checked at start, and shown with passwords hidden.
+
+use std::fmt;
+
+pub(super) const LISTEN_EXPECTED: &str = "host:port, :port or [v6]:port";
+pub(super) const REDIS_EXPECTED: &str = "host:port, :port, redis://[user:pass@]host:port[/db], \
+     cluster://[user:pass@]host:port[,host:port...] or memory";
+
+/// The `LISTEN` address, kept as text until bound so host names resolve at bind time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listen {
+    /// Empty for all interfaces.
+    pub host: String,
+    pub port: u16,
+}
+
+/// Which store backs the service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// In-process state for a single instance; lost on exit.
+    Memory,
+    /// A `redis://` URL.
+    Redis(String),
+    /// Seed nodes of a Redis Cluster.
+    Cluster(ClusterSeeds),
+}
+
+/// `cluster://[user:pass@]host:port[,host:port...]`: where to first ask a Redis Cluster for its
+/// nodes, and the credentials for every node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSeeds {
+    /// `host:port` of each seed.
+    pub seeds: Vec<String>,
+    /// `user:pass`, `:pass` or `user`, as in the URL.
+    pub userinfo: Option<String>,
+}
+
+impl ClusterSeeds {
+    /// The `redis://` URL of the node at `addr` (`host:port`), with the cluster's credentials.
+    pub fn url(&self, addr: &str) -> String {
+        match &self.userinfo {
+            Some(userinfo) => format!("redis://{userinfo}@{addr}"),
+            None => format!("redis://{addr}"),
+        }
+    }
+}
+
+/// `memory`, or the Redis URL with its password hidden, for logs.
+impl fmt::Display for StoreConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let url = match self {
+            StoreConfig::Memory => return f.write_str("memory"),
+            StoreConfig::Redis(url) => url,
+            StoreConfig::Cluster(cluster) => {
+                f.write_str("cluster://")?;
+                if let Some(userinfo) = &cluster.userinfo {
+                    match userinfo.split_once(':') {
+                        Some((user, _)) => write!(f, "{user}:***@")?,
+                        None => write!(f, "{userinfo}@")?,
+                    }
+                }
+                return f.write_str(&cluster.seeds.join(","));
+            }
+        };
+        match (url.find("://"), url.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                let userinfo = &url[scheme + 3..at];
+                match userinfo.split_once(':') {
+                    Some((user, _)) => write!(f, "{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                    None => f.write_str(url),
+                }
+            }
+            _ => f.write_str(url),
+        }
+    }
+}
+
+pub(super) fn parse_listen(value: &str) -> Option<Listen> {
+    let (host, port) = value.rsplit_once(':')?;
+    let port = port.parse().ok()?;
+    let host = match host.strip_prefix('[') {
+        Some(v6) => {
+            let v6 = v6.strip_suffix(']')?;
+            v6.parse::<std::net::Ipv6Addr>().ok()?;
+            v6
+        }
+        None if host.contains(':') || host.contains(char::is_whitespace) => return None,
+        None => host,
+    };
+    Some(Listen {
+        host: host.to_owned(),
+        port,
+    })
+}
+
+/// `host:port`, with an IPv6 host in brackets.
+pub fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+pub(super) fn parse_store(value: &str) -> Option<StoreConfig> {
+    if value == "memory" {
+        return Some(StoreConfig::Memory);
+    }
+    if let Some(cluster) = value.strip_prefix("cluster://") {
+        return parse_cluster(cluster).map(StoreConfig::Cluster);
+    }
+    let url = if value.starts_with("redis://") {
+        value.to_owned()
+    } else {
+        format!("redis://{}", parse_address(value)?)
+    };
+    // Let the redis crate reject what it could not connect to, now rather than later.
+    redis::Client::open(url.as_str()).ok()?;
+    Some(StoreConfig::Redis(url))
+}
+
+/// `host:port` or `:port` (for 127.0.0.1) as `host:port`.
+fn parse_address(value: &str) -> Option<String> {
+    let listen = parse_listen(value)?;
+    let host = match listen.host.as_str() {
+        "" => "127.0.0.1",
+        h => h,
+    };
+    Some(host_port(host, listen.port))
+}
+
+/// What follows `cluster://`: `[user:pass@]host:port[,host:port...]`.
+fn parse_cluster(value: &str) -> Option<ClusterSeeds> {
+    let (userinfo, hosts) = match value.rsplit_once('@') {
+        Some((userinfo, hosts)) if !userinfo.is_empty() => (Some(userinfo.to_owned()), hosts),
+        Some(_) => return None,
+        None => (None, value),
+    };
+    let seeds = hosts
+        .split(',')
+        .map(|host| parse_address(host.trim()))
+        .collect::<Option<Vec<String>>>()?;
+    let cluster = ClusterSeeds { seeds, userinfo };
+    for seed in &cluster.seeds {
+        redis::Client::open(cluster.url(seed).as_str()).ok()?;
+    }
+    Some(cluster)
+}
