@@ -54,8 +54,9 @@ pub enum Error {
     Config(ConfigError),
     /// The listening socket could not be bound.
     Listen(String, std::io::Error),
-    /// A thread, the logger or the signal handler could not be set up.
-    Setup(String),
+    /// A thread, the logger, the signal handler or the store's client (named) could not be
+    /// set up.
+    Setup(String, Box<dyn std::error::Error + Send + Sync>),
     /// These long-lived threads panicked (each panic is in the log).
     Panicked(Vec<String>),
 }
@@ -65,16 +66,26 @@ impl fmt::Display for Error {
         match self {
             Error::Config(e) => write!(f, "{e}"),
             Error::Listen(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
-            Error::Setup(what) => write!(f, "cannot start: {what}"),
+            Error::Setup(what, e) => write!(f, "cannot start: {what}: {e}"),
             Error::Panicked(threads) => write!(f, "threads panicked: {}", threads.join(", ")),
         }
     }
 }
 
-impl std::error::Error for Error {}
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Config(e) => Some(e),
+            Error::Listen(_, e) => Some(e),
+            Error::Setup(_, e) => Some(&**e),
+            Error::Panicked(_) => None,
+        }
+    }
+}
 
-fn setup(what: &str) -> impl Fn(std::io::Error) -> Error + '_ {
-    move |e| Error::Setup(format!("{what}: {e}"))
+/// The error for `what` that could not be set up.
+fn setup<E: std::error::Error + Send + Sync + 'static>(what: &str) -> impl Fn(E) -> Error + '_ {
+    move |e| Error::Setup(what.to_owned(), Box::new(e))
 }
 
 /// Runs the service as configured by the environment until SIGTERM or SIGINT.
@@ -86,7 +97,7 @@ pub fn run() -> Result<(), Error> {
         .with_utc_timestamps()
         .with_threads(true)
         .init()
-        .map_err(|e| Error::Setup(format!("logger: {e}")))?;
+        .map_err(setup("logger"))?;
 
     let budget = SystemLimits::read().budget(config.max_connections, config.redis_pool_size);
     // Before the first thread starts: every connection thread may sleep on a futex (the
@@ -125,7 +136,7 @@ pub fn run() -> Result<(), Error> {
                 config.key_prefix
             );
             let (store, writers) = RedisStore::start(url, &redis_options, Arc::clone(&metrics))
-                .map_err(|e| Error::Setup(format!("redis client for {}: {e}", config.store)))?;
+                .map_err(setup(&format!("redis client for {}", config.store)))?;
             workers.push(writers);
             with_feed(
                 Arc::new(store),
@@ -142,9 +153,7 @@ pub fn run() -> Result<(), Error> {
                 config.key_prefix
             );
             let (store, writers) = ClusterStore::start(seeds, &redis_options, Arc::clone(&metrics))
-                .map_err(|e| {
-                    Error::Setup(format!("redis cluster client for {}: {e}", config.store))
-                })?;
+                .map_err(setup(&format!("redis cluster client for {}", config.store)))?;
             workers.push(writers);
             with_feed(
                 Arc::new(store),
@@ -235,7 +244,7 @@ fn with_feed<S: Store + 'static>(
         CachedReads::start(store.clone(), Arc::clone(hub)).map_err(setup("cached-reads thread"))?;
     workers.push(worker);
     let feed = start_feed(&store, Arc::clone(hub), cached.clone())
-        .map_err(|e| Error::Setup(format!("{feed} thread: {e}")))?;
+        .map_err(setup(&format!("{feed} thread")))?;
     workers.push(feed);
     Ok((store, cached))
 }

@@ -112,7 +112,8 @@ impl Routes {
                 serde_json::json!({
                     "status": "unavailable",
                     "store": store,
-                    "reason": reason.to_string()
+                    "reason": reason.to_string(),
+                    "cause": reason.cause(),
                 }),
             ),
         };

@@ -26,6 +26,11 @@ fn healthz_is_200_with_redis_up_and_503_with_a_reason_when_it_is_down() {
         body["reason"].as_str().is_some_and(|r| !r.is_empty()),
         "{body}"
     );
+    // Whichever noticed first: the feed's connection, or the health check's PING.
+    assert!(
+        matches!(body["cause"].as_str(), Some("feed_down" | "unavailable")),
+        "{body}"
+    );
 }
 
 #[test]
@@ -56,6 +61,11 @@ fn healthz_is_503_when_only_the_subscription_is_down() {
     let health = heartbeat.get("/healthz");
     assert_eq!(health.status, 503, "{health:?}");
     assert!(health.body.contains("subscription down"), "{}", health.body);
+    assert!(
+        health.body.contains(r#""cause":"feed_down""#),
+        "{}",
+        health.body
+    );
     let metrics = heartbeat.get("/metrics").body;
     assert!(
         metrics.contains("\nheartbeat_redis_subscription_up 0\n"),

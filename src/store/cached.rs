@@ -239,7 +239,7 @@ mod tests {
         fn last_many(&self, users: &[String]) -> Result<Vec<(String, LastPing)>, StoreError> {
             if self.failures.load(Ordering::SeqCst) > 0 {
                 self.failures.fetch_sub(1, Ordering::SeqCst);
-                return Err(StoreError::Unavailable("down".into()));
+                return Err(StoreError::TimedOut);
             }
             self.inner.last_many(users)
         }

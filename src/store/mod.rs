@@ -8,11 +8,11 @@
 //! pings. This file imports none of them: they implement it.
 
 pub mod cached;
+mod error;
 pub mod memory;
 pub mod redis;
 
-use std::fmt;
-
+pub use self::error::{ShardProblem, StoreError, Unhealthy};
 use crate::ping::LastPing;
 
 /// The last ping of each user, shared by every instance on the same store.
@@ -55,27 +55,6 @@ impl Kind {
     }
 }
 
-/// Why pings cannot be stored and delivered now.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Unhealthy {
-    /// The store does not answer.
-    Unreachable(StoreError),
-    /// Commands work, but the feed that brings other instances' pings is down.
-    FeedDown,
-    /// Some shards of a cluster (named, with why) cannot store or deliver pings now.
-    Shards(String),
-}
-
-impl fmt::Display for Unhealthy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Unhealthy::Unreachable(e) => write!(f, "{e}"),
-            Unhealthy::FeedDown => f.write_str("redis subscription down"),
-            Unhealthy::Shards(reasons) => f.write_str(reasons),
-        }
-    }
-}
-
 /// The sequence number of a user's next ping: one past the stored one, but never below the
 /// clock in microseconds. Numbers thus increase with every ping, and keep increasing after a
 /// store that lost its data (a Redis restarted without persistence) starts over, so open
@@ -83,26 +62,6 @@ impl fmt::Display for Unhealthy {
 pub fn next_seq(stored: Option<u64>, now_micros: u64) -> u64 {
     stored.map_or(0, |s| s + 1).max(now_micros)
 }
-
-/// The store could not do what was asked; the client may retry (`503`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StoreError {
-    /// Redis did not answer, or answered with an error.
-    Unavailable(String),
-    /// Every pooled Redis connection stayed busy for the whole timeout.
-    Busy,
-}
-
-impl fmt::Display for StoreError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            StoreError::Unavailable(reason) => write!(f, "store unavailable: {reason}"),
-            StoreError::Busy => f.write_str("store busy: no Redis connection free in time"),
-        }
-    }
-}
-
-impl std::error::Error for StoreError {}
 
 #[cfg(test)]
 mod tests {

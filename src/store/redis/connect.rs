@@ -1,11 +1,15 @@
 //! Reaching Redis within a time budget: new connections, and reused ones made ready for a
-//! call's deadline. Shared by the pool, the writers and the feed.
+//! call's deadline, for the pool and the writers; and plain sockets, authenticated the same
+//! way, for the feeds, which read what Redis pushes with their own parser.
 
+use std::io::{BufReader, Write};
+use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
-use redis::{Client, Connection, ConnectionLike, IntoConnectionInfo, RedisError};
-
-use crate::store::StoreError;
+use redis::{
+    Client, Connection, ConnectionAddr, ConnectionLike, ErrorKind, IntoConnectionInfo, RedisError,
+    Value,
+};
 
 /// How to reach Redis within a time budget.
 pub struct Connector {
@@ -50,6 +54,54 @@ impl Connector {
         Ok(con)
     }
 
+    /// A plain TCP connection for a feed, authenticated as the URL says, whose connect, reads
+    /// and writes each time out after `timeout`; and a buffered reader of it.
+    pub fn subscriber(
+        &self,
+        timeout: Duration,
+    ) -> Result<(TcpStream, BufReader<TcpStream>), RedisError> {
+        let info = self.client.get_connection_info();
+        let ConnectionAddr::Tcp(host, port) = info.addr() else {
+            return Err((ErrorKind::InvalidClientConfig, "not a TCP address").into());
+        };
+        let mut last = None;
+        for addr in (host.as_str(), *port).to_socket_addrs()? {
+            match TcpStream::connect_timeout(&addr, timeout) {
+                Ok(stream) => {
+                    stream.set_nodelay(true)?;
+                    stream.set_read_timeout(Some(timeout))?;
+                    stream.set_write_timeout(Some(timeout))?;
+                    let mut reader = BufReader::new(stream.try_clone()?);
+                    let settings = info.redis_settings();
+                    if let Some(password) = settings.password() {
+                        let mut auth = redis::cmd("AUTH");
+                        if let Some(user) = settings.username() {
+                            auth.arg(user);
+                        }
+                        (&stream).write_all(&auth.arg(password).get_packed_command())?;
+                        if let Value::ServerError(e) =
+                            redis::Parser::new().parse_value(&mut reader)?
+                        {
+                            return Err(e.into());
+                        }
+                    }
+                    return Ok((stream, reader));
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.map_or_else(
+            || {
+                (
+                    ErrorKind::InvalidClientConfig,
+                    "the host resolves to nothing",
+                )
+                    .into()
+            },
+            RedisError::from,
+        ))
+    }
+
     /// `reused` if it is still open, else a new connection made in the time left before
     /// `deadline`; either way with read and write timeouts that expire by the deadline.
     ///
@@ -90,12 +142,29 @@ fn left_until(deadline: Instant) -> Result<Duration, RedisError> {
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::TimedOut, TIMED_OUT).into())
 }
 
-/// The store's error for a call that ran out of time.
-pub fn timed_out() -> StoreError {
-    StoreError::Unavailable(TIMED_OUT.into())
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::net::TcpListener;
 
-/// A Redis error as the store reports it: one line, for a `503` body.
-pub fn unavailable(error: RedisError) -> StoreError {
-    StoreError::Unavailable(error.to_string().replace(['\r', '\n'], " "))
+    #[test]
+    fn a_feed_connection_authenticates_with_the_urls_credentials_decoded() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut socket, _) = listener.accept().unwrap();
+            let mut got = vec![0; 64];
+            let n = socket.read(&mut got).unwrap();
+            socket.write_all(b"+OK\r\n").unwrap();
+            String::from_utf8(got[..n].to_vec()).unwrap()
+        });
+        let url = format!("redis://hb:p%40ss@127.0.0.1:{port}");
+        let connector = Connector::new(&url, Duration::from_secs(2)).unwrap();
+        connector.subscriber(Duration::from_secs(2)).unwrap();
+        assert_eq!(
+            server.join().unwrap(),
+            "*3\r\n$4\r\nAUTH\r\n$2\r\nhb\r\n$4\r\np@ss\r\n"
+        );
+    }
 }

@@ -7,7 +7,7 @@ use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 use redis::{Connection, ConnectionLike, RedisError};
 
-use super::connect::{Connector, Link, unavailable};
+use super::connect::{Connector, Link};
 use crate::store::StoreError;
 
 /// At most `size` Redis connections, made on demand, reused most recent first, and dropped
@@ -59,15 +59,15 @@ impl Pool {
         let mut link = self
             .connector
             .ready(pooled, deadline)
-            .map_err(unavailable)?;
+            .map_err(StoreError::from)?;
         let value = match f(&mut link.con) {
             Err(e) if reused && e.is_connection_dropped() => {
                 log::debug!("a pooled Redis connection was dropped ({e}); reconnecting");
                 self.idle.lock().clear();
-                link = self.connector.ready(None, deadline).map_err(unavailable)?;
-                f(&mut link.con).map_err(unavailable)?
+                link = self.connector.ready(None, deadline)?;
+                f(&mut link.con)?
             }
-            other => other.map_err(unavailable)?,
+            other => other?,
         };
         self.idle.lock().push(link);
         Ok(value)

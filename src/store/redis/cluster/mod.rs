@@ -1,9 +1,11 @@
 //! The store on a Redis Cluster: last pings and shard channels spread over the masters by the
 //! user's hash slot, pings stored by the same writers and script as on one Redis (the script
 //! runs on the user's master and publishes with `SPUBLISH`), reads grouped by master, and a
-//! feed per master subscribed to just the users watched here ([`feed`]).
+//! feed per master subscribed to just the users watched here ([`shard`]), arranged by the
+//! `redis-cluster` thread ([`coordinator`]) from the slot map ([`topology`]).
 
-pub mod feed;
+mod coordinator;
+mod shard;
 mod topology;
 
 use std::sync::Arc;
@@ -11,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use redis::{RedisError, Value};
 
-use self::feed::{ClusterFeed, Context, FeedStates};
+use self::coordinator::{ClusterFeed, Context, FeedStates};
 use self::topology::Topology;
 use super::RedisOptions;
 use super::node::{Node, Redirect, Router};
@@ -22,7 +24,7 @@ use crate::hub::Hub;
 use crate::metrics::{Metrics, RedisCall};
 use crate::ping::LastPing;
 use crate::store::cached::CachedReads;
-use crate::store::{Kind, Store, StoreError, Unhealthy};
+use crate::store::{Kind, ShardProblem, Store, StoreError, Unhealthy};
 use crate::worker::Worker;
 
 /// Users' last pings, as read.
@@ -33,7 +35,6 @@ type Groups = Vec<(Arc<Node>, Vec<String>)>;
 /// Last pings on a Redis Cluster, shared by every instance on the same cluster and prefix.
 pub struct ClusterStore {
     keys: Keys,
-    seeds: ClusterSeeds,
     topology: Arc<Topology>,
     wake: crossbeam_channel::Receiver<()>,
     writers: Writers,
@@ -57,7 +58,6 @@ impl ClusterStore {
             Writers::start(router, &[], options.wait_replicas, Arc::clone(&metrics))?;
         let store = ClusterStore {
             keys: Keys::cluster(&options.key_prefix),
-            seeds: seeds.clone(),
             topology,
             wake,
             writers,
@@ -76,7 +76,6 @@ impl ClusterStore {
                 topology: Arc::clone(&self.topology),
                 keys: self.keys.clone(),
                 timeout: self.timeout,
-                userinfo: self.seeds.userinfo.clone(),
                 metrics: Arc::clone(&self.metrics),
                 hub,
                 cached,
@@ -110,16 +109,11 @@ impl ClusterStore {
                     moved.push(user.clone());
                 }
                 Value::ServerError(e) => {
-                    return Err(StoreError::Unavailable(format!(
-                        "{} refused a read: {e}",
-                        node.addr
-                    )));
+                    log::debug!("{} refused a read: {e}", node.addr);
+                    return Err(e.into());
                 }
                 reply => {
-                    let row: LastRow =
-                        redis::FromRedisValue::from_redis_value(reply).map_err(|e| {
-                            StoreError::Unavailable(format!("unexpected reply from Redis: {e}"))
-                        })?;
+                    let row: LastRow = redis::FromRedisValue::from_redis_value(reply)?;
                     if let Some(ping) = parse_last(row) {
                         pings.push((user.clone(), ping));
                     }
@@ -172,7 +166,7 @@ impl Store for ClusterStore {
             .observe(began.elapsed());
         match left.is_empty() {
             true => Ok(pings),
-            false => Err(StoreError::Unavailable(format!(
+            false => Err(StoreError::Moved(format!(
                 "the slots of {} users kept moving",
                 left.len()
             ))),
@@ -191,7 +185,7 @@ impl Store for ClusterStore {
             .read(|map| (map.masters().to_vec(), map.uncovered()));
         let mut problems = Vec::new();
         if uncovered > 0 {
-            problems.push(format!("{uncovered} slots have no master"));
+            problems.push(ShardProblem::Uncovered(uncovered));
         }
         let began = Instant::now();
         for node in &masters {
@@ -200,10 +194,8 @@ impl Store for ClusterStore {
                 .with(|con| redis::cmd("PING").query::<String>(con));
             let feed_up = self.feeds.read().get(&node.addr).is_some_and(|f| f.is_up());
             match (pong, feed_up) {
-                (Err(e), _) => problems.push(format!("shard {}: {e}", node.addr)),
-                (Ok(_), false) => {
-                    problems.push(format!("shard {}: redis subscription down", node.addr));
-                }
+                (Err(e), _) => problems.push(ShardProblem::Failing(node.addr.clone(), e)),
+                (Ok(_), false) => problems.push(ShardProblem::FeedDown(node.addr.clone())),
                 (Ok(_), true) => {}
             }
         }
@@ -212,7 +204,7 @@ impl Store for ClusterStore {
             .observe(began.elapsed());
         match problems.is_empty() {
             true => Ok(()),
-            false => Err(Unhealthy::Shards(problems.join("; "))),
+            false => Err(Unhealthy::Shards(problems)),
         }
     }
 

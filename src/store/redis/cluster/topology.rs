@@ -2,12 +2,13 @@
 //! `MOVED` answers at once, and asked again when a node fails or says a slot moved.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::{Mutex, RwLock};
-use redis::Value;
+use redis::{ErrorKind, RedisError, Value};
 
 use super::super::node::{Node, Router};
 use super::super::slot::{SLOTS, slot};
@@ -25,6 +26,23 @@ pub struct Topology {
     /// Wakes the thread that refreshes the map (the cluster feed's).
     stale: Sender<()>,
 }
+
+/// No node answered `CLUSTER SLOTS`: each node asked, with its error.
+#[derive(Debug)]
+pub struct NoSlotMap(pub Vec<(String, StoreError)>);
+
+impl fmt::Display for NoSlotMap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("no cluster node answered CLUSTER SLOTS (")?;
+        for (i, (addr, e)) in self.0.iter().enumerate() {
+            let sep = if i == 0 { "" } else { "; " };
+            write!(f, "{sep}{addr}: {e}")?;
+        }
+        f.write_str(")")
+    }
+}
+
+impl std::error::Error for NoSlotMap {}
 
 /// The master of each slot.
 #[derive(Default)]
@@ -118,7 +136,7 @@ impl Topology {
 
     /// Asks the known masters, then the seeds, for the slot map, and adopts the first answer.
     /// Returns whether the map changed.
-    pub fn refresh(&self) -> Result<bool, String> {
+    pub fn refresh(&self) -> Result<bool, NoSlotMap> {
         let mut asked: Vec<String> =
             self.read(|map| map.masters.iter().map(|node| node.addr.clone()).collect());
         asked.extend(self.seeds.seeds.iter().cloned());
@@ -132,21 +150,21 @@ impl Topology {
             let reply = node
                 .pool
                 .with(|con| redis::cmd("CLUSTER").arg("SLOTS").query::<Value>(con));
-            let ranges = match reply.map_err(|e| e.to_string()).and_then(|v| {
-                parse_slots(&v, host_of(addr)).ok_or_else(|| format!("unexpected reply {v:?}"))
-            }) {
-                Ok(ranges) => ranges,
-                Err(e) => {
-                    errors.push(format!("{addr}: {e}"));
-                    continue;
-                }
-            };
-            return Ok(self.adopt(&ranges));
+            let ranges = reply.and_then(|v| {
+                parse_slots(&v, host_of(addr)).ok_or_else(|| {
+                    StoreError::Refused(RedisError::from((
+                        ErrorKind::UnexpectedReturnType,
+                        "unexpected CLUSTER SLOTS reply",
+                        format!("{v:?}"),
+                    )))
+                })
+            });
+            match ranges {
+                Ok(ranges) => return Ok(self.adopt(&ranges)),
+                Err(e) => errors.push((addr.clone(), e)),
+            }
         }
-        Err(format!(
-            "no cluster node answered CLUSTER SLOTS ({})",
-            errors.join("; ")
-        ))
+        Err(NoSlotMap(errors))
     }
 
     /// Makes `ranges` the map; returns whether it changed.
@@ -194,7 +212,7 @@ impl Router for Topology {
         let slot = slot(key.as_bytes());
         self.map.read().master_of(slot).cloned().ok_or_else(|| {
             self.mark_stale();
-            StoreError::Unavailable(format!("no Redis Cluster master serves slot {slot} now"))
+            StoreError::Moved(format!("no Redis Cluster master serves slot {slot} now"))
         })
     }
 

@@ -1,0 +1,293 @@
+//! `heartbeat-bench run`: many event streams in one mio event loop, pings at a fixed rate,
+//! and the latency of every delivery. In three phases: open the streams, send the pings
+//! while reading the streams, report.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+
+use self::report::{Seen, report};
+use self::stall::{StallProbe, Stalls};
+use self::wire::{
+    PINGER_BASE, PROBE, Pinger, Stream, StreamState, drive_stream, read_ping_replies,
+};
+use crate::Options;
+
+mod report;
+mod stall;
+mod wire;
+
+/// RSS in KiB and thread count of a process, from /proc.
+fn proc_usage(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        line[name.len()..].split_whitespace().next()?.parse().ok()
+    };
+    Some((field("VmRSS:")?, field("Threads:")?))
+}
+
+/// Opens the streams, sends the pings, and reports; fails if a stream was refused, a ping
+/// failed or a delivery was lost.
+pub fn run(o: &Options) -> Result<(), String> {
+    let mut load = Load::new(o)?;
+    let before = o.pid.and_then(proc_usage);
+    let opened = load.open_streams()?;
+    std::thread::sleep(Duration::from_secs_f64(o.settle));
+    let after = o.pid.and_then(proc_usage);
+    let pings = load.send_pings()?;
+    report(o, &opened, before.zip(after), &pings, &load.seen)
+}
+
+/// The event loop, its streams, and what they have seen.
+struct Load<'a> {
+    o: &'a Options,
+    poll: Poll,
+    events: Events,
+    streams: Vec<Stream>,
+    /// Streams open per user, for the deliveries each ping should make.
+    subscribers: Vec<u64>,
+    seen: Seen,
+    /// Distinguishes this run's users and statuses from an earlier run's.
+    nonce: u32,
+}
+
+/// How the streams opened.
+struct Opened {
+    established: usize,
+    refused: usize,
+    took: Duration,
+}
+
+/// What the pings did.
+struct Pings {
+    /// How long the probe stream took from its request to its last cached ping.
+    probe: Option<Duration>,
+    /// Latency of every ping answered 200, in microseconds.
+    latency: Vec<u32>,
+    errors: u64,
+    /// Sends that found no free connection at their time.
+    late: u64,
+    /// Deliveries the pings should have made.
+    expected: u64,
+    stalls: Stalls,
+}
+
+impl Load<'_> {
+    fn new(o: &Options) -> Result<Load<'_>, String> {
+        Ok(Load {
+            o,
+            poll: Poll::new().map_err(|e| e.to_string())?,
+            events: Events::with_capacity(4096),
+            streams: Vec::with_capacity(o.streams),
+            subscribers: vec![0; o.users],
+            seen: Seen::default(),
+            nonce: std::process::id(),
+        })
+    }
+
+    fn user_name(&self, user: usize) -> String {
+        user_name(self.nonce, user)
+    }
+
+    /// Opens the streams in batches of 500, so the listen backlog is not what is measured.
+    fn open_streams(&mut self) -> Result<Opened, String> {
+        let o = self.o;
+        let opening = Instant::now();
+        let (mut established, mut refused) = (0, 0);
+        while established + refused < o.streams {
+            let target = (self.streams.len() + 500).min(o.streams);
+            while self.streams.len() < target {
+                let i = self.streams.len();
+                let socket = self.connect(Token(i))?;
+                // Stream i watches the K users from i * K on: each user is watched by about
+                // streams * K / users streams.
+                let users = (0..o.users_per_stream)
+                    .map(|k| (i * o.users_per_stream + k) % o.users)
+                    .collect();
+                self.streams.push(Stream::new(socket, users));
+            }
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while established + refused < self.streams.len() {
+                if Instant::now() > deadline {
+                    return Err(format!(
+                        "only {established} of {} streams opened within 30 s",
+                        self.streams.len()
+                    ));
+                }
+                self.poll
+                    .poll(&mut self.events, Some(Duration::from_millis(100)))
+                    .map_err(|e| e.to_string())?;
+                for event in &self.events {
+                    let stream = &mut self.streams[event.token().0];
+                    match drive_stream(stream, self.nonce, &mut self.seen, None) {
+                        StreamState::Opened => {
+                            established += 1;
+                            for &user in &stream.users {
+                                self.subscribers[user] += 1;
+                            }
+                        }
+                        StreamState::Failed => refused += 1,
+                        StreamState::Same => {}
+                    }
+                }
+            }
+        }
+        Ok(Opened {
+            established,
+            refused,
+            took: opening.elapsed(),
+        })
+    }
+
+    /// Sends pings at a fixed rate, each to the next user, on whichever connection is free,
+    /// while reading the streams; ends when every expected delivery came, or 5 s after the
+    /// last answer.
+    fn send_pings(&mut self) -> Result<Pings, String> {
+        let o = self.o;
+        let mut pingers = self.connect_pingers()?;
+        let total = o.rate as u64 * o.seconds;
+        let interval = Duration::from_secs_f64(1.0 / o.rate as f64);
+        let mut sent_at: Vec<Option<Instant>> = vec![None; total as usize];
+        let mut pings = Pings {
+            probe: None,
+            latency: Vec::with_capacity(total as usize),
+            errors: 0,
+            late: 0,
+            expected: 0,
+            stalls: Stalls(Vec::new()),
+        };
+        let mut next = 0u64;
+        let start = Instant::now();
+        let stall_probe = StallProbe::start(start);
+        let mut finished_at: Option<Instant> = None;
+        self.seen
+            .deliveries
+            .reserve(total as usize * (o.streams * o.users_per_stream / o.users + 1));
+        let mut probe: Option<Stream> = None;
+        let probe_at = start + Duration::from_secs_f64(o.seconds as f64 / 2.0);
+        loop {
+            let now = Instant::now();
+            // Send what is due.
+            while next < total && start + interval * next as u32 <= now {
+                let Some(pinger) = pingers
+                    .iter_mut()
+                    .find(|p| p.connected && p.in_flight.is_none())
+                else {
+                    pings.late += 1;
+                    break;
+                };
+                let user = (next % o.users as u64) as usize;
+                let body = format!(r#"{{"status":"b{}-{next}"}}"#, self.nonce);
+                let request = format!(
+                    "POST /ping HTTP/1.1\r\nHost: bench\r\nX-User-Claim: {{\"userid\":\"{}\",\"clientid\":\"bench\"}}\r\n\
+                     Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                    self.user_name(user),
+                    body.len()
+                );
+                let written = Instant::now();
+                if let Err(e) = pinger.socket.write_all(request.as_bytes()) {
+                    return Err(format!("sending a ping: {e}"));
+                }
+                pinger.in_flight = Some((next, written));
+                sent_at[next as usize] = Some(written);
+                pings.expected += self.subscribers[user];
+                next += 1;
+            }
+            if o.probe_users > 0 && probe.is_none() && now >= probe_at {
+                probe = Some(self.open_probe()?);
+            }
+            if next == total
+                && finished_at.is_none()
+                && pingers.iter().all(|p| p.in_flight.is_none())
+            {
+                finished_at = Some(Instant::now());
+            }
+            let probe_done = o.probe_users == 0 || pings.probe.is_some();
+            if let Some(done) = finished_at
+                && ((self.seen.deliveries.len() as u64 >= pings.expected && probe_done)
+                    || done.elapsed() > Duration::from_secs(5))
+            {
+                break;
+            }
+            let wait = if next < total {
+                (start + interval * next as u32).saturating_duration_since(Instant::now())
+            } else {
+                Duration::from_millis(50)
+            };
+            self.poll
+                .poll(&mut self.events, Some(wait.max(Duration::from_micros(100))))
+                .map_err(|e| e.to_string())?;
+            for event in &self.events {
+                let token = event.token().0;
+                if token == PROBE {
+                    let Some(stream) = probe.as_mut() else {
+                        continue;
+                    };
+                    let mut ignored = Seen::default();
+                    drive_stream(stream, self.nonce, &mut ignored, None);
+                    if pings.probe.is_none() && stream.events >= o.probe_users {
+                        let asked = stream.requested_at.expect("events after the request");
+                        pings.probe = Some(asked.elapsed());
+                    }
+                } else if token >= PINGER_BASE {
+                    let pinger = &mut pingers[token - PINGER_BASE];
+                    pinger.connected = true;
+                    for (ok, latency) in read_ping_replies(pinger)? {
+                        if ok {
+                            pings.latency.push(latency);
+                        } else {
+                            pings.errors += 1;
+                        }
+                    }
+                } else {
+                    let stream = &mut self.streams[token];
+                    drive_stream(stream, self.nonce, &mut self.seen, Some(&sent_at));
+                }
+            }
+        }
+        pings.stalls = stall_probe.stop();
+        Ok(pings)
+    }
+
+    /// A connection to the server, registered with the event loop under `token`.
+    fn connect(&mut self, token: Token) -> Result<TcpStream, String> {
+        let mut socket = TcpStream::connect(self.o.addr).map_err(|e| format!("connect: {e}"))?;
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        self.poll
+            .registry()
+            .register(&mut socket, token, interest)
+            .map_err(|e| e.to_string())?;
+        Ok(socket)
+    }
+
+    /// The probe: a stream of the first `probe_users` users, pinged early in the run, so each
+    /// has a cached ping.
+    fn open_probe(&mut self) -> Result<Stream, String> {
+        let socket = self.connect(Token(PROBE))?;
+        Ok(Stream::new(socket, (0..self.o.probe_users).collect()))
+    }
+
+    /// The keep-alive connections pings go out on.
+    fn connect_pingers(&mut self) -> Result<Vec<Pinger>, String> {
+        let mut pingers = Vec::with_capacity(self.o.ping_connections);
+        for i in 0..self.o.ping_connections {
+            let socket = self.connect(Token(PINGER_BASE + i))?;
+            socket.set_nodelay(true).map_err(|e| e.to_string())?;
+            pingers.push(Pinger {
+                socket,
+                connected: false,
+                in_flight: None,
+                buf: Vec::new(),
+            });
+        }
+        Ok(pingers)
+    }
+}
+
+/// The user name for user number `user` of the run with `nonce`.
+fn user_name(nonce: u32, user: usize) -> String {
+    format!("bench{nonce}-{user}")
+}
