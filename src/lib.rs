@@ -129,40 +129,22 @@ pub fn run() -> Result<(), Error> {
             workers.push(worker);
             (store, cached)
         }
-        StoreConfig::Redis(url) => {
-            log::info!(
-                "store: redis at {} with key prefix {:?}",
-                config.store,
-                config.key_prefix
-            );
-            let (store, writers) = RedisStore::start(url, &redis_options, Arc::clone(&metrics))
-                .map_err(setup(&format!("redis client for {}", config.store)))?;
-            workers.push(writers);
-            with_feed(
-                Arc::new(store),
-                &hub,
-                &mut workers,
-                "redis-psubscribe",
-                |store, hub, cached| store.start_feed(hub, cached),
-            )?
-        }
-        StoreConfig::Cluster(seeds) => {
-            log::info!(
-                "store: redis cluster at {} with key prefix {:?}",
-                config.store,
-                config.key_prefix
-            );
-            let (store, writers) = ClusterStore::start(seeds, &redis_options, Arc::clone(&metrics))
-                .map_err(setup(&format!("redis cluster client for {}", config.store)))?;
-            workers.push(writers);
-            with_feed(
-                Arc::new(store),
-                &hub,
-                &mut workers,
-                "redis-cluster",
-                |store, hub, cached| store.start_feed(hub, cached),
-            )?
-        }
+        StoreConfig::Redis(url) => with_feed(
+            RedisStore::start(url, &redis_options, Arc::clone(&metrics)),
+            &config,
+            &hub,
+            &mut workers,
+            "redis-psubscribe",
+            RedisStore::start_feed,
+        )?,
+        StoreConfig::Cluster(seeds) => with_feed(
+            ClusterStore::start(seeds, &redis_options, Arc::clone(&metrics)),
+            &config,
+            &hub,
+            &mut workers,
+            "redis-cluster",
+            ClusterStore::start_feed,
+        )?,
     };
 
     let (hangups, worker) = Hangups::start().map_err(setup("hangups thread"))?;
@@ -231,15 +213,26 @@ pub fn run() -> Result<(), Error> {
     }
 }
 
-/// Starts the `cached-reads` thread for a Redis store, then its feed (`start_feed`, on the
-/// `feed` thread), which asks that thread to resync; both join `workers`.
+/// A Redis store as `start` made it, with its writers, then its `cached-reads` thread and
+/// its feed (`start_feed`, on the `feed` thread), which asks that thread to resync; all
+/// three join `workers`.
 fn with_feed<S: Store + 'static>(
-    store: Arc<S>,
+    started: Result<(S, Worker), redis::RedisError>,
+    config: &Config,
     hub: &Arc<Hub>,
     workers: &mut Vec<Worker>,
     feed: &str,
     start_feed: impl FnOnce(&S, Arc<Hub>, CachedReads) -> std::io::Result<Worker>,
 ) -> Result<(Arc<dyn Store>, CachedReads), Error> {
+    let (store, writers) = started.map_err(setup(&format!("redis client for {}", config.store)))?;
+    log::info!(
+        "store: {} at {} with key prefix {:?}",
+        store.kind().name(),
+        config.store,
+        config.key_prefix
+    );
+    workers.push(writers);
+    let store = Arc::new(store);
     let (cached, worker) =
         CachedReads::start(store.clone(), Arc::clone(hub)).map_err(setup("cached-reads thread"))?;
     workers.push(worker);

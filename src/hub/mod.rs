@@ -41,7 +41,7 @@ pub struct Hub {
 struct Inner {
     next_id: u64,
     /// Each watched user's subscribers. Keys are shared with the subscribers' lists.
-    users: HashMap<Arc<str>, Vec<Watch>>,
+    users: HashMap<Arc<str>, Vec<Registration>>,
     /// Set by `close`: no new subscriber is registered after it.
     closed: bool,
     /// Where to name each user who gains a first subscriber or loses the last, if anyone
@@ -49,14 +49,14 @@ struct Inner {
     changes: Option<Sender<Arc<str>>>,
 }
 
-/// One subscriber of one user.
-struct Watch {
+/// One subscriber registered under one of its users.
+struct Registration {
     slot: Arc<Slot>,
     /// The user's index in the subscriber's list.
     index: u32,
 }
 
-/// The hub's side of a subscriber, shared by its watches, the subscriber and its mailbox.
+/// The hub's side of a subscriber, shared by its registrations, the subscriber and its mailbox.
 struct Slot {
     id: u64,
     events: Sender<Delivery>,
@@ -215,7 +215,7 @@ impl Hub {
         });
         if !inner.closed {
             for (index, name) in slot.users.iter().enumerate() {
-                let watch = Watch {
+                let watch = Registration {
                     slot: Arc::clone(&slot),
                     index: index as u32,
                 };
