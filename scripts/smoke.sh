@@ -74,11 +74,19 @@ pass "GET /subscribe?user=$user&user=$other -> $first, then $second, each with a
 code=$(curl -sS -o "$tmp/body" -w '%{http_code}' --max-time 5 "$base/status?user=$user&user=$user-never") ||
   fail "GET /status: curl failed"
 [ "$code" = 200 ] || fail "GET /status: expected 200, got $code: $(cat "$tmp/body")"
-grep -Eq "\"$user\":\{\"status\":\"2\",\"time\":[0-9]+\}" "$tmp/body" ||
-  fail "GET /status: expected $user's last ping, got: $(cat "$tmp/body")"
+grep -Eq "\"$user\":\{\"online\":true,\"status\":\"2\",\"time\":[0-9]+\}" "$tmp/body" ||
+  fail "GET /status: expected $user's last ping, online, got: $(cat "$tmp/body")"
 grep -q "\"$user-never\":null" "$tmp/body" ||
   fail "GET /status: expected null for a user who never pinged, got: $(cat "$tmp/body")"
 pass "GET /status -> $(cat "$tmp/body")"
+
+code=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 5 -X POST -H "X-User-Claim: $claim" \
+  "$base/leave") || fail "POST /leave: curl failed"
+[ "$code" = 200 ] || fail "POST /leave: expected 200, got $code"
+curl -sS -o "$tmp/body" --max-time 5 "$base/status?user=$user" || fail "GET /status: curl failed"
+grep -Eq "\"$user\":\{\"online\":false,\"status\":\"2\",\"time\":[0-9]+\}" "$tmp/body" ||
+  fail "POST /leave: expected $user offline with the last visible ping, got: $(cat "$tmp/body")"
+pass "POST /leave -> 200, then GET /status -> $(cat "$tmp/body")"
 
 code=$(curl -sS -o "$tmp/body" -w '%{http_code}' --max-time 5 -X POST \
   -H 'X-User-Claim: not json' -d '{"status":"1"}' "$base/ping") || fail "bad claim: curl failed"

@@ -21,6 +21,7 @@ pub mod hub;
 pub mod ids;
 pub mod metrics;
 pub mod ping;
+pub mod presence;
 pub mod routes;
 pub mod server;
 pub mod store;
@@ -117,13 +118,23 @@ pub fn run() -> Result<(), Error> {
         pool_size: config.redis_pool_size,
         timeout: config.redis_timeout,
         wait_replicas: config.redis_wait_replicas,
+        presence: config.presence.clone(),
     };
     // Stopped in reverse order of starting: the feed before the cached reads it asks.
     let mut workers: Vec<Worker> = Vec::new();
+    let (expiring, stopping) = (Arc::clone(&hub), Arc::clone(&hub));
+    workers.push(
+        Worker::spawn(
+            "presence",
+            move || expiring.run_expiries(),
+            move || stopping.stop_expiries(),
+        )
+        .map_err(setup("presence thread"))?,
+    );
     let (store, cached): (Arc<dyn Store>, CachedReads) = match &config.store {
         StoreConfig::Memory => {
             log::info!("store: in memory (one instance only; pings are lost on exit)");
-            let store = Arc::new(MemoryStore::new(Arc::clone(&hub)));
+            let store = Arc::new(MemoryStore::new(Arc::clone(&hub), config.presence.clone()));
             let (cached, worker) = CachedReads::start(store.clone(), Arc::clone(&hub))
                 .map_err(setup("cached-reads thread"))?;
             workers.push(worker);

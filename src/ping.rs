@@ -32,9 +32,10 @@ pub struct LastPing {
     pub status: String,
 }
 
-/// A user's ping as it goes out to subscribers, rendered once and shared by every subscriber
-/// of the user: its sequence number (the event's `id`) and its `data`, with the user for
-/// streams of many users and without it for the single-user routes.
+/// A user's presence as it goes out to subscribers, rendered once and shared by every
+/// subscriber of the user: its sequence number (the event's `id`), its `data`, with the user
+/// for streams of many users and without it for the single-user routes, and its SSE event name
+/// (none for a ping, `offline` when the user went offline).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
     pub seq: u64,
@@ -42,12 +43,15 @@ pub struct Event {
     data: String,
     /// Where `"time"` begins in `data`: `{` and what follows is the single-user form.
     time_at: usize,
-    /// Read from the store (a new stream's last pings, a resync), not just published: its
-    /// delivery lag is its age, not the service's latency.
+    /// Read from the store (a new stream's last pings, a resync), or derived from a stored
+    /// expiry, not just published: its delivery lag is its age, not the service's latency.
     pub cached: bool,
+    /// `Some("offline")` for the event that says the user went offline.
+    pub name: Option<&'static str>,
 }
 
 impl Event {
+    /// The event of `user`'s visible ping: `{"time","status"}`.
     pub fn new(user: &str, ping: &LastPing) -> Event {
         #[derive(Serialize)]
         struct Data<'a> {
@@ -58,14 +62,29 @@ impl Event {
             time: ping.time,
             status: &ping.status,
         };
+        Event::render(user, ping.seq, &data, None)
+    }
+
+    /// The event, with id `id`, that says `user` went offline; `time` is the last visible
+    /// ping's: `event: offline` and `{"time"}`.
+    pub fn offline(user: &str, id: u64, time: u64) -> Event {
+        #[derive(Serialize)]
+        struct Data {
+            time: u64,
+        }
+        Event::render(user, id, &Data { time }, Some("offline"))
+    }
+
+    fn render(user: &str, seq: u64, data: &impl Serialize, name: Option<&'static str>) -> Event {
         let user = serde_json::to_string(user).expect("a string");
-        let rest = serde_json::to_string(&data).expect("a struct of a number and a string");
+        let rest = serde_json::to_string(data).expect("a struct of numbers and strings");
         let data = format!("{{\"user\":{user},{}", &rest[1..]);
         Event {
-            seq: ping.seq,
+            seq,
             time_at: "{\"user\":".len() + user.len() + 1,
             data,
             cached: false,
+            name,
         }
     }
 
@@ -279,5 +298,10 @@ mod tests {
             event.with_user(),
             r#"{"user":"a\"b,\"time\":","time":1700000000,"status":"say \"hi\"\n"}"#
         );
+        assert_eq!(event.name, None);
+        let offline = Event::offline("u", 9, 1_700_000_000);
+        assert_eq!(offline.name, Some("offline"));
+        assert_eq!(offline.without_user().concat(), r#"{"time":1700000000}"#);
+        assert_eq!(offline.with_user(), r#"{"user":"u","time":1700000000}"#);
     }
 }

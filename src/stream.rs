@@ -207,8 +207,8 @@ fn pump<W: Write>(
         match subscriber.wait(wake) {
             Ok((index, event)) if event.seq > sent[index as usize] => {
                 match subscribe.form {
-                    Form::Single => out.event(event.seq, &event.without_user())?,
-                    Form::Multi => out.event(event.seq, &[event.with_user()])?,
+                    Form::Single => out.event(event.seq, event.name, &event.without_user())?,
+                    Form::Multi => out.event(event.seq, event.name, &[event.with_user()])?,
                 }
                 sent[index as usize] = event.seq;
                 last_write = Instant::now();

@@ -43,7 +43,8 @@ fn a_subscriber_gets_the_cached_ping_at_once_then_live_ones_with_integer_times()
     assert_eq!(status, "a");
     assert!(time.abs_diff(now_secs()) <= 2);
 
-    for status in ["0", "2", "3"] {
+    // Every visible status ("3", invisible by default, is the presence tests' own).
+    for status in ["0", "2", "1"] {
         assert_eq!(heartbeat.ping("bob", status).status, 200);
         assert_eq!(sse.expect_ping(SOON).1, status);
     }
@@ -81,11 +82,11 @@ fn live_pings_reach_every_subscriber_of_the_user_and_no_one_else() {
         .collect();
     let mut dave = heartbeat.subscribe("/subscribe/dave");
     for n in 0..5 {
-        assert_eq!(heartbeat.ping("carol", &n.to_string()).status, 200);
+        assert_eq!(heartbeat.ping("carol", &format!("s{n}")).status, 200);
     }
     for sse in &mut carols {
         let got: Vec<String> = (0..5).map(|_| sse.expect_ping(SOON).1).collect();
-        assert_eq!(got, ["0", "1", "2", "3", "4"], "every ping, in order");
+        assert_eq!(got, ["s0", "s1", "s2", "s3", "s4"], "every ping, in order");
     }
     dave.expect_no_data(Duration::from_millis(300));
 }
@@ -116,8 +117,9 @@ fn instances_with_other_key_prefixes_do_not_hear_each_other() {
     let mut at_b = b.subscribe("/subscribe/frank");
     a.ping("frank", "1");
     at_b.expect_no_data(Duration::from_millis(500));
-    let keys: Vec<String> = redis.query(redis::cmd("KEYS").arg("*"));
-    assert_eq!(keys, ["one:last:frank"]);
+    let mut keys: Vec<String> = redis.query(redis::cmd("KEYS").arg("*"));
+    keys.sort();
+    assert_eq!(keys, ["one:dev:frank", "one:last:frank"]);
 }
 
 #[test]
@@ -331,11 +333,11 @@ fn a_stream_never_goes_back_in_time_under_a_burst() {
     let a = Heartbeat::start(&redis.addr());
     let b = Heartbeat::start(&redis.addr());
     // Pings through both instances while subscribers keep joining: every subscriber sees a
-    // strictly increasing run of statuses, the cached one included.
+    // strictly increasing run of statuses, the cached one included (from 10: "3" is invisible).
     let pinger = {
         let (addr_a, addr_b) = (a.addr, b.addr);
         std::thread::spawn(move || {
-            for n in 0..200u32 {
+            for n in 10..210u32 {
                 let addr = if n % 2 == 0 { addr_a } else { addr_b };
                 let mut stream = std::net::TcpStream::connect(addr).unwrap();
                 let body = format!(r#"{{"status":"{n}"}}"#);
@@ -366,7 +368,7 @@ fn a_stream_never_goes_back_in_time_under_a_burst() {
                 assert!(n > before, "went from {before} to {n}: {seen:?}");
             }
             seen.push(n);
-            if n == 199 {
+            if n == 209 {
                 break;
             }
         }
@@ -403,6 +405,9 @@ fn bad_configuration_exits_non_zero_naming_the_variable() {
         ("KEEPALIVE_SECS", "soon"),
         ("MAX_BODY_BYTES", "0"),
         ("LOG_LEVEL", "loud"),
+        ("STATUS_PRIORITY", "2,,1"),
+        ("INVISIBLE_STATUSES", "3,3"),
+        ("DEVICE_TTL_SECS", "0"),
     ];
     for (var, value) in cases {
         let dir = support::TempDir::new("config");

@@ -224,3 +224,26 @@ fn a_browser_watches_fifty_users_on_one_stream_cached_and_live() {
         "one stream for all fifty:\n{streams}"
     );
 }
+
+#[test]
+fn a_browser_shows_active_away_busy_and_offline_from_the_events_alone() {
+    let (heartbeat, site) = heartbeat_and_page("alice,bob,carol,dave,erin");
+    heartbeat.ping("alice", "0").assert_ok();
+    heartbeat.ping("bob", "1").assert_ok();
+    heartbeat.ping("carol", "3").assert_ok(); // invisible from the start: never seen
+    heartbeat.ping("erin", "2").assert_ok();
+    let _browser = Browser::open(&format!("{}/harness.html", site.origin));
+    site.wait_for("alice", "online", "0", Duration::from_secs(20));
+    site.wait_for("bob", "online", "1", Duration::from_secs(5));
+    site.wait_for("erin", "online", "2", Duration::from_secs(5));
+    site.wait_for("carol", "offline", "", Duration::from_secs(1));
+    site.wait_for("dave", "offline", "", Duration::from_secs(1));
+
+    // Bob signs out; carol shows herself, then hides again.
+    heartbeat.leave("bob", "test").assert_ok();
+    site.wait_for("bob", "offline", "1", Duration::from_secs(5));
+    heartbeat.ping("carol", "0").assert_ok();
+    site.wait_for("carol", "online", "0", Duration::from_secs(5));
+    heartbeat.ping("carol", "3").assert_ok();
+    site.wait_for("carol", "offline", "0", Duration::from_secs(5));
+}

@@ -31,9 +31,13 @@ fn every_operation_keeps_the_openapi_contract() {
     }
     let redis = Redis::start();
     let heartbeat = Heartbeat::start_with(&[("REDIS", &redis.addr()), ("MAX_STREAM_SECS", "1")]);
-    // Cached pings for ids the generator often picks, so streams carry events to check.
+    // Cached pings for ids the generator often picks, so streams carry events to check; two
+    // of them left, so their streams also carry an offline event.
     for user in ["0", "00", "A", "a", "alice"] {
         heartbeat.ping(user, "1").assert_ok();
+    }
+    for user in ["0", "a"] {
+        heartbeat.leave(user, "test").assert_ok();
     }
     let dir = support::TempDir::new("schemathesis");
     let output = Command::new(schemathesis)

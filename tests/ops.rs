@@ -394,7 +394,7 @@ fn info_logs_have_no_line_per_request() {
     let (_redis, heartbeat) = heartbeat_on_redis();
     let before = heartbeat.logs().lines().count();
     for n in 0..20 {
-        heartbeat.ping("lou", &n.to_string());
+        heartbeat.ping("lou", &format!("s{n}"));
         let mut sse = heartbeat.subscribe("/subscribe/lou");
         sse.expect_ping(AT_ONCE);
     }

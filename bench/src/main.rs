@@ -12,10 +12,14 @@
 //! - `hello`: the HTTP ceiling: heartbeat's own HTTP layer and thread-per-connection accept
 //!   loop answering every request with a constant, no store behind it.
 //! - `startup`: spawns a command and reports how long until `/healthz` answers 200.
-//! - `record-script`: prints the Lua script a ping runs in Redis, for redis-benchmark.
+//! - `presence-memory`: what the offline timers cost per watched user, measured with the hub
+//!   in this process by a counting allocator.
+//! - `record-script`: prints the Lua script a ping runs in Redis (with the default presence
+//!   rules), for redis-benchmark.
 //!
 //! Output is a human report plus `key=value` lines that scripts/bench.sh collects.
 
+mod memory;
 mod run;
 
 use std::io::{Read, Write};
@@ -29,8 +33,16 @@ fn main() -> ExitCode {
         Some("run") => Options::parse(&args[1..]).and_then(|o| run::run(&o)),
         Some("hello") => hello(args.get(1).map_or("127.0.0.1:0", String::as_str)),
         Some("startup") if args.len() > 2 => startup(&args[1], &args[2..]),
+        Some("presence-memory") => match args.get(1).map(|n| n.parse()) {
+            Some(Ok(users)) => memory::presence_memory(users),
+            _ => Err(USAGE.to_owned()),
+        },
         Some("record-script") => {
-            print!("{}", heartbeat::store::redis::schema::RECORD_SCRIPT);
+            let rules = heartbeat::presence::Rules::default();
+            print!(
+                "{}",
+                heartbeat::store::redis::script::RecordScript::new(&rules).text
+            );
             Ok(())
         }
         _ => Err(USAGE.to_owned()),
@@ -51,6 +63,7 @@ const USAGE: &str = "usage:
                       [--plot-data DIR]
   heartbeat-bench hello [HOST:PORT]
   heartbeat-bench startup HOST:PORT COMMAND [ARGS...]
+  heartbeat-bench presence-memory USERS
   heartbeat-bench record-script";
 
 pub struct Options {

@@ -8,6 +8,7 @@ use std::sync::{Arc, OnceLock};
 use heartbeat::config::{Cors, Limits, TrustedProxies};
 use heartbeat::http::Request;
 use heartbeat::hub::Hub;
+use heartbeat::presence::Rules;
 use heartbeat::routes::{Outcome, Routes, StreamCounts};
 use heartbeat::store::memory::MemoryStore;
 use heartbeat::{ids, ping};
@@ -29,7 +30,7 @@ impl StreamCounts for NoStreams {
 fn routes() -> &'static Routes {
     static ROUTES: OnceLock<Routes> = OnceLock::new();
     ROUTES.get_or_init(|| Routes {
-        store: Arc::new(MemoryStore::new(Hub::new(8))),
+        store: Arc::new(MemoryStore::new(Hub::new(8), Rules::default())),
         streams: Arc::new(NoStreams),
         metrics: Arc::default(),
         limits: small_limits(),

@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use log::LevelFilter;
 
+use crate::presence::Rules;
+
 pub use self::access::{Cors, TrustedProxies};
 use self::access::{parse_cors, parse_trusted};
 pub use self::address::{ClusterSeeds, Listen, StoreConfig, host_port};
@@ -49,6 +51,8 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// Events buffered per subscriber; a subscriber this far behind is disconnected.
     pub subscriber_queue: usize,
+    /// How devices' pings make a user's presence.
+    pub presence: Rules,
     /// Most connections served at once; `None` computes it from the process limits.
     pub max_connections: Option<usize>,
     /// Which browser origins may call the API.
@@ -100,6 +104,10 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("REQUEST_TIMEOUT_SECS", "10"),
     ("IDLE_TIMEOUT_SECS", "120"),
     ("SUBSCRIBER_QUEUE", "1024"),
+    ("DEVICE_TTL_SECS", "60"),
+    ("MAX_DEVICES_PER_USER", "16"),
+    ("STATUS_PRIORITY", "2,0,1"),
+    ("INVISIBLE_STATUSES", "3"),
     ("MAX_CONNECTIONS", ""),
     ("TRUSTED_PROXIES", ""),
     ("CORS_ORIGINS", ""),
@@ -183,6 +191,12 @@ impl Config {
             request_timeout: vars.seconds("REQUEST_TIMEOUT_SECS")?,
             idle_timeout: vars.seconds("IDLE_TIMEOUT_SECS")?,
             subscriber_queue: vars.number("SUBSCRIBER_QUEUE", 1, 65_536)?,
+            presence: Rules {
+                device_ttl: vars.seconds("DEVICE_TTL_SECS")?,
+                max_devices: vars.number("MAX_DEVICES_PER_USER", 1, 1024)?,
+                priority: vars.parse("STATUS_PRIORITY", parse_statuses, STATUSES_EXPECTED)?,
+                invisible: vars.parse("INVISIBLE_STATUSES", parse_statuses, STATUSES_EXPECTED)?,
+            },
             cors: vars.parse("CORS_ORIGINS", parse_cors, CORS_EXPECTED)?,
             trusted_proxies: vars.parse("TRUSTED_PROXIES", parse_trusted, TRUSTED_EXPECTED)?,
             max_connections: match vars.value("MAX_CONNECTIONS").trim() {
@@ -193,6 +207,8 @@ impl Config {
     }
 }
 
+const STATUSES_EXPECTED: &str =
+    "empty, or a comma-separated list of distinct, non-empty statuses like 2,0,1";
 const PREFIX_EXPECTED: &str = "printable ASCII without spaces, at most 64 bytes";
 const CLUSTER_PREFIX_EXPECTED: &str =
     "printable ASCII without spaces, { or } (with a cluster REDIS), at most 64 bytes";
@@ -265,6 +281,17 @@ fn read_dotenv() -> Result<HashMap<String, String>, ConfigError> {
     };
     iter.map(|item| item.map_err(|e| ConfigError::DotEnv(e.to_string())))
         .collect()
+}
+
+/// A comma-separated list of distinct, non-empty statuses; empty for none.
+fn parse_statuses(value: &str) -> Option<Vec<String>> {
+    if value.is_empty() {
+        return Some(Vec::new());
+    }
+    let statuses: Vec<String> = value.split(',').map(|s| s.trim().to_owned()).collect();
+    let distinct: std::collections::HashSet<&String> = statuses.iter().collect();
+    let ok = statuses.iter().all(|s| !s.is_empty()) && distinct.len() == statuses.len();
+    ok.then_some(statuses)
 }
 
 fn parse_prefix(value: &str) -> Option<String> {
@@ -469,6 +496,33 @@ pub(super) mod tests {
         let c = config(&[("MAX_CONNECTIONS", "100"), ("SUBSCRIBER_QUEUE", "8")]).unwrap();
         assert_eq!(c.max_connections, Some(100));
         assert_eq!(c.subscriber_queue, 8);
+    }
+
+    #[test]
+    fn presence_rules_are_read_and_bad_status_lists_refused() {
+        let c = config(&[
+            ("DEVICE_TTL_SECS", "5"),
+            ("STATUS_PRIORITY", " 2, 0 ,1,x"),
+            ("INVISIBLE_STATUSES", ""),
+        ])
+        .unwrap();
+        assert_eq!(c.presence.device_ttl, Duration::from_secs(5));
+        assert_eq!(c.presence.priority, ["2", "0", "1", "x"]);
+        assert!(c.presence.invisible.is_empty());
+        assert_eq!(c.presence.max_devices, 16);
+        for (var, bad) in [
+            ("STATUS_PRIORITY", "2,,1"),
+            ("STATUS_PRIORITY", "2,0,2"),
+            ("INVISIBLE_STATUSES", "3,"),
+            ("INVISIBLE_STATUSES", "3, 3"),
+        ] {
+            let err = config(&[(var, bad)]).unwrap_err().to_string();
+            assert_eq!(
+                err,
+                format!("invalid {var}={bad:?}: expected {STATUSES_EXPECTED}")
+            );
+        }
+        assert!(config(&[("MAX_DEVICES_PER_USER", "0")]).is_err());
     }
 
     #[test]

@@ -100,15 +100,20 @@ impl<W: Write> EventStream<W> {
         Ok(EventStream { out, chunked })
     }
 
-    /// Sends one event with `id` and, as its single `data` line, the parts of `data` put
-    /// together (the parts spare the caller a copy).
-    pub fn event(&mut self, id: u64, data: &[&str]) -> io::Result<()> {
+    /// Sends one event with `id`, the event `name` if it has one (`EventSource` hands a named
+    /// event to that name's listeners, not to `onmessage`) and, as its single `data` line, the
+    /// parts of `data` put together (the parts spare the caller a copy).
+    pub fn event(&mut self, id: u64, name: Option<&str>, data: &[&str]) -> io::Result<()> {
         debug_assert!(data.iter().all(|d| !d.contains(['\r', '\n'])));
         let id = id.to_string();
+        let (event, name) = match name {
+            Some(name) => ("\nevent: ", name),
+            None => ("", ""),
+        };
         match data {
-            [one] => self.send(&["id: ", &id, "\ndata: ", one, "\n\n"]),
-            [a, b] => self.send(&["id: ", &id, "\ndata: ", a, b, "\n\n"]),
-            _ => self.send(&["id: ", &id, "\ndata: ", &data.concat(), "\n\n"]),
+            [one] => self.send(&["id: ", &id, event, name, "\ndata: ", one, "\n\n"]),
+            [a, b] => self.send(&["id: ", &id, event, name, "\ndata: ", a, b, "\n\n"]),
+            _ => self.send(&["id: ", &id, event, name, "\ndata: ", &data.concat(), "\n\n"]),
         }
     }
 
@@ -147,7 +152,10 @@ mod tests {
         let mut out = Vec::new();
         let mut stream = EventStream::start(&mut out, 1, &[]).unwrap();
         stream
-            .event(7, &[r#"{"time":1,"#, r#""status":"a"}"#])
+            .event(7, None, &[r#"{"time":1,"#, r#""status":"a"}"#])
+            .unwrap();
+        stream
+            .event(8, Some("offline"), &[r#"{"time":1}"#])
             .unwrap();
         stream.keepalive().unwrap();
         stream.finish().unwrap();
@@ -164,7 +172,8 @@ mod tests {
         }
         assert_eq!(
             body,
-            "25\r\nid: 7\ndata: {\"time\":1,\"status\":\"a\"}\n\n\r\n3\r\n:\n\n\r\n0\r\n\r\n"
+            "25\r\nid: 7\ndata: {\"time\":1,\"status\":\"a\"}\n\n\r\n\
+             27\r\nid: 8\nevent: offline\ndata: {\"time\":1}\n\n\r\n3\r\n:\n\n\r\n0\r\n\r\n"
         );
     }
 
@@ -172,7 +181,7 @@ mod tests {
     fn http_1_0_streams_are_unframed_and_close() {
         let mut out = Vec::new();
         let mut stream = EventStream::start(&mut out, 0, &[]).unwrap();
-        stream.event(1, &["{}"]).unwrap();
+        stream.event(1, None, &["{}"]).unwrap();
         stream.finish().unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("Connection: close\r\n\r\nid: 1\ndata: {}\n\n"));

@@ -14,6 +14,7 @@
 //! 31 slots only as events queue. Only the hub sends live events, under its lock, so the
 //! check cannot race.
 
+mod expiry;
 mod subscriber;
 
 use std::collections::HashMap;
@@ -22,10 +23,11 @@ use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::thread::{self, Thread};
 
 use crossbeam_channel::{Receiver, Sender};
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
+use self::expiry::{Expiries, Known};
 pub use self::subscriber::{Mailbox, Subscriber, WaitError};
-use crate::ping::{Event, LastPing};
+use crate::ping::Event;
 
 /// An event for a subscriber: the index of its user in the subscriber's list, and the event.
 pub type Delivery = (u32, Arc<Event>);
@@ -33,6 +35,8 @@ pub type Delivery = (u32, Arc<Event>);
 /// Local subscribers by user.
 pub struct Hub {
     inner: Mutex<Inner>,
+    /// Wakes the `presence` thread when the earliest expiry moved earlier, or at its stop.
+    expiry_due: Condvar,
     /// Events a subscriber may have queued; one more drops it.
     queue: usize,
     dropped_slow: AtomicU64,
@@ -40,13 +44,24 @@ pub struct Hub {
 
 struct Inner {
     next_id: u64,
-    /// Each watched user's subscribers. Keys are shared with the subscribers' lists.
-    users: HashMap<Arc<str>, Vec<Registration>>,
+    /// Each watched user's subscribers and presence. Keys are shared with the subscribers'
+    /// lists.
+    users: HashMap<Arc<str>, Watched>,
+    expiries: Expiries,
+    /// Set to end the `presence` thread.
+    expiries_stopped: bool,
     /// Set by `close`: no new subscriber is registered after it.
     closed: bool,
     /// Where to name each user who gains a first subscriber or loses the last, if anyone
     /// asked (the cluster feed, which subscribes to just those users).
     changes: Option<Sender<Arc<str>>>,
+}
+
+/// A watched user: the local subscribers, and what is known of the user's presence.
+#[derive(Default)]
+struct Watched {
+    registrations: Vec<Registration>,
+    known: Known,
 }
 
 /// One subscriber registered under one of its users.
@@ -146,9 +161,9 @@ impl Inner {
     /// Removes `slot` from every user it watches.
     fn unregister(&mut self, slot: &Slot) {
         for user in &slot.users {
-            if let Some(watches) = self.users.get_mut(user) {
-                watches.retain(|w| w.slot.id != slot.id);
-                if watches.is_empty() {
+            if let Some(watched) = self.users.get_mut(user) {
+                watched.registrations.retain(|w| w.slot.id != slot.id);
+                if watched.registrations.is_empty() {
                     self.forget(user);
                 }
             }
@@ -157,7 +172,8 @@ impl Inner {
 
     /// Removes `user`, who has no subscriber left.
     fn forget(&mut self, user: &str) {
-        if let Some((name, _)) = self.users.remove_entry(user) {
+        if let Some((name, mut watched)) = self.users.remove_entry(user) {
+            self.expiries.cancel(&name, &mut watched.known);
             self.changed(name);
         }
     }
@@ -172,15 +188,22 @@ impl Inner {
 }
 
 impl Hub {
+    /// Bytes of what the hub knows of each watched user's presence (for its expiry), kept in
+    /// the user's entry.
+    pub const KNOWN_BYTES: usize = std::mem::size_of::<Known>();
+
     /// A hub whose subscribers may each fall `queue` events behind.
     pub fn new(queue: usize) -> Arc<Hub> {
         Arc::new(Hub {
             inner: Mutex::new(Inner {
                 next_id: 0,
                 users: HashMap::new(),
+                expiries: Expiries::default(),
+                expiries_stopped: false,
                 closed: false,
                 changes: None,
             }),
+            expiry_due: Condvar::new(),
             queue,
             dropped_slow: AtomicU64::new(0),
         })
@@ -219,9 +242,9 @@ impl Hub {
                     slot: Arc::clone(&slot),
                     index: index as u32,
                 };
-                let watches = inner.users.entry(Arc::clone(name)).or_default();
-                watches.push(watch);
-                if watches.len() == 1 {
+                let watched = inner.users.entry(Arc::clone(name)).or_default();
+                watched.registrations.push(watch);
+                if watched.registrations.len() == 1 {
                     inner.changed(Arc::clone(name));
                 }
             }
@@ -233,9 +256,15 @@ impl Hub {
     /// whose channel is full is dropped. Returns how many subscribers took it.
     pub fn publish(&self, user: &str, event: Arc<Event>) -> usize {
         let mut inner = self.inner.lock();
-        let Some(watches) = inner.users.get_mut(user) else {
+        self.deliver(&mut inner, user, event)
+    }
+
+    /// [`publish`](Self::publish), under the lock already taken.
+    fn deliver(&self, inner: &mut Inner, user: &str, event: Arc<Event>) -> usize {
+        let Some(watched) = inner.users.get_mut(user) else {
             return 0;
         };
+        let watches = &mut watched.registrations;
         let mut slow = Vec::new();
         watches.retain(
             |w| match w.slot.offer((w.index, Arc::clone(&event)), self.queue) {
@@ -264,11 +293,6 @@ impl Hub {
         delivered
     }
 
-    /// Publishes `user`'s ping as an event rendered once for all of the user's subscribers.
-    pub fn publish_ping(&self, user: &str, ping: &LastPing) -> usize {
-        self.publish(user, Arc::new(Event::new(user, ping)))
-    }
-
     /// From now on, sends `changes` each user who gains a first local subscriber or loses
     /// the last. Whoever receives them checks [`is_watched`](Self::is_watched) for the state
     /// now: a name says only that it may have changed.
@@ -290,7 +314,9 @@ impl Hub {
     /// How many subscriber registrations (subscriber and user) there are.
     #[cfg(test)]
     fn watch_count(&self) -> usize {
-        self.inner.lock().users.values().map(Vec::len).sum()
+        (self.inner.lock().users.values())
+            .map(|w| w.registrations.len())
+            .sum()
     }
 
     /// How many subscribers were dropped for falling behind.
@@ -303,12 +329,13 @@ impl Hub {
     pub fn close(&self) {
         let mut inner = self.inner.lock();
         inner.closed = true;
-        for watches in inner.users.values() {
-            for watch in watches {
+        for watched in inner.users.values() {
+            for watch in &watched.registrations {
                 watch.slot.release(End::Shutdown);
             }
         }
         inner.users.clear();
+        inner.expiries.clear();
     }
 }
 
@@ -323,7 +350,9 @@ fn channel() -> (Sender<Delivery>, Receiver<Delivery>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Instant;
+    use crate::ping::{LastPing, now_micros};
+    use crate::presence::{GRACE_MICROS, Update};
+    use std::time::{Duration, Instant};
 
     fn event(user: &str, seq: u64) -> Arc<Event> {
         let ping = LastPing {
@@ -440,5 +469,73 @@ mod tests {
             Err(WaitError::Ended(End::Shutdown))
         );
         assert_eq!(hub.publish("u", event("u", 2)), 0);
+    }
+
+    fn online(seq: u64, expires: u64) -> Update {
+        let ping = LastPing {
+            seq,
+            time: 7,
+            status: "0".into(),
+        };
+        Update::Online { ping, expires }
+    }
+
+    #[test]
+    fn a_watched_users_expiry_is_announced_once_with_the_expiry_as_its_id() {
+        let hub = Hub::new(8);
+        let expiring = Arc::clone(&hub);
+        let timers = std::thread::spawn(move || expiring.run_expiries());
+        let sub = hub.subscribe(&users(&["a", "b"]));
+        let now = now_micros();
+        hub.publish_update("a", &online(now, now + 50_000));
+        // b pings on: its first expiry is replaced by the later one.
+        hub.publish_update("b", &online(now, now + 40_000));
+        hub.publish_update("b", &online(now + 1, now + 10_000_000));
+        assert_eq!(hub.pending_expiries(), 2);
+
+        let within = Instant::now() + Duration::from_micros(50_000 + GRACE_MICROS + 500_000);
+        let mut got = Vec::new();
+        while let Ok((index, event)) = sub.wait(within) {
+            got.push((index, event.seq, event.name));
+            if event.name.is_some() {
+                break;
+            }
+        }
+        assert_eq!(
+            got,
+            [
+                (0, now, None),
+                (1, now, None),
+                (1, now + 1, None),
+                (0, now + 50_000, Some("offline"))
+            ]
+        );
+        assert!(Instant::now() < within, "announced in time");
+        assert!(
+            sub.wait(Instant::now() + Duration::from_millis(100))
+                .is_err(),
+            "once"
+        );
+        assert_eq!(hub.pending_expiries(), 1, "b's is still pending");
+
+        // An explicit offline cancels b's; a user no longer watched takes its expiry along.
+        hub.publish_update(
+            "b",
+            &Update::Offline {
+                id: now + 2,
+                time: 7,
+            },
+        );
+        assert_eq!(hub.pending_expiries(), 0);
+        // An update older than the offline a got does not bring back an expiry.
+        hub.publish_update("a", &online(now + 3, now + 10_000_000));
+        assert_eq!(hub.pending_expiries(), 0);
+        hub.publish_update("a", &online(now + 60_000, now + 10_000_000));
+        assert_eq!(hub.pending_expiries(), 1);
+        drop(sub);
+        hub.publish("a", event("a", now + 60_001)); // finds the subscriber gone
+        assert_eq!(hub.pending_expiries(), 0);
+        hub.stop_expiries();
+        timers.join().unwrap();
     }
 }

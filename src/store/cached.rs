@@ -20,6 +20,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use super::Store;
 use crate::hub::{Hub, Mailbox};
 use crate::ping::Event;
+use crate::presence::Presence;
 use crate::worker::Worker;
 
 /// Users per read, so a reconnect storm makes a few round trips rather than one huge one. A
@@ -163,25 +164,25 @@ fn run(store: &dyn Store, hub: &Hub, queue: &Receiver<Ask>) {
     }
 }
 
-/// Hands each stream of `batch` its users' pings, and publishes the resynced users'.
-fn deliver(hub: &Hub, batch: &Batch, pings: Vec<(String, crate::ping::LastPing)>) {
-    let events: HashMap<String, Arc<Event>> = pings
+/// Hands each stream of `batch` its users' presences (the last visible ping, and the offline
+/// event of a user who is offline), and publishes the resynced users'.
+fn deliver(hub: &Hub, batch: &Batch, presences: Vec<(String, Presence)>) {
+    let events: HashMap<String, Vec<Arc<Event>>> = presences
         .into_iter()
-        .map(|(user, ping)| {
-            let mut event = Event::new(&user, &ping);
-            event.cached = true;
-            (user, Arc::new(event))
+        .map(|(user, presence)| {
+            let events = hub.events_of(&user, &presence);
+            (user, events)
         })
         .collect();
     for mailbox in &batch.streams {
         for (index, user) in mailbox.users().iter().enumerate() {
-            if let Some(event) = events.get(&**user) {
+            for event in events.get(&**user).into_iter().flatten() {
                 mailbox.deliver(index as u32, Arc::clone(event));
             }
         }
     }
     for user in &batch.resync {
-        if let Some(event) = events.get(user) {
+        for event in events.get(user).into_iter().flatten() {
             hub.publish(user, Arc::clone(event));
         }
     }
@@ -190,7 +191,8 @@ fn deliver(hub: &Hub, batch: &Batch, pings: Vec<(String, crate::ping::LastPing)>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ping::LastPing;
+    use crate::ping::now_micros;
+    use crate::presence::Rules;
     use crate::store::memory::MemoryStore;
     use crate::store::{Kind, StoreError, Unhealthy};
     use std::sync::atomic::{AtomicU32, Ordering};
@@ -198,18 +200,17 @@ mod tests {
     #[test]
     fn a_new_stream_gets_its_cached_pings_and_a_resync_reaches_every_subscriber() {
         let hub = Hub::new(8);
-        let store = Arc::new(MemoryStore::new(Arc::clone(&hub)));
-        store.record("u", "1", 5_000_000).unwrap();
+        let store = Arc::new(MemoryStore::new(Arc::clone(&hub), Rules::default()));
+        let now = now_micros();
+        let id = store.record("u", "d", Some("1"), now).unwrap().unwrap();
         let (reads, _worker) =
             CachedReads::start(Arc::clone(&store) as Arc<dyn Store>, Arc::clone(&hub)).unwrap();
         let watcher = hub.subscribe(&["u".into()]);
         let sub = hub.subscribe(&["nobody".into(), "u".into()]);
         reads.request(sub.mailbox());
         let (index, event) = sub.wait(Instant::now() + Duration::from_secs(2)).unwrap();
-        assert_eq!(
-            (index, event.with_user()),
-            (1, r#"{"user":"u","time":5,"status":"1"}"#)
-        );
+        let data = format!(r#"{{"user":"u","time":{},"status":"1"}}"#, now / 1_000_000);
+        assert_eq!((index, event.with_user()), (1, data.as_str()));
         assert!(
             sub.wait(Instant::now() + Duration::from_millis(50))
                 .is_err(),
@@ -223,7 +224,29 @@ mod tests {
         let (_, event) = watcher
             .wait(Instant::now() + Duration::from_secs(2))
             .unwrap();
-        assert_eq!(event.seq, 5_000_000, "a resync reaches every subscriber");
+        assert_eq!(event.seq, id, "a resync reaches every subscriber");
+    }
+
+    #[test]
+    fn a_user_found_offline_gets_the_last_ping_then_the_offline_event() {
+        let hub = Hub::new(8);
+        let store = Arc::new(MemoryStore::new(Arc::clone(&hub), Rules::default()));
+        // Pinged long ago: expired by now.
+        store.record("u", "d", Some("1"), 5_000_000).unwrap();
+        let (reads, _worker) =
+            CachedReads::start(Arc::clone(&store) as Arc<dyn Store>, Arc::clone(&hub)).unwrap();
+        let sub = hub.subscribe(&["u".into()]);
+        reads.request(sub.mailbox());
+        let soon = || Instant::now() + Duration::from_secs(2);
+        let (_, ping) = sub.wait(soon()).unwrap();
+        assert_eq!(ping.without_user().concat(), r#"{"time":5,"status":"1"}"#);
+        let (_, offline) = sub.wait(soon()).unwrap();
+        assert_eq!(offline.name, Some("offline"));
+        assert_eq!(offline.without_user().concat(), r#"{"time":5}"#);
+        assert_eq!(
+            offline.seq, 65_000_000,
+            "the expiry is the offline event's id"
+        );
     }
 
     /// A store whose reads fail `failures` times first.
@@ -233,10 +256,16 @@ mod tests {
     }
 
     impl Store for Flaky {
-        fn record(&self, user: &str, status: &str, now: u64) -> Result<LastPing, StoreError> {
-            self.inner.record(user, status, now)
+        fn record(
+            &self,
+            user: &str,
+            device: &str,
+            status: Option<&str>,
+            now: u64,
+        ) -> Result<Option<u64>, StoreError> {
+            self.inner.record(user, device, status, now)
         }
-        fn last_many(&self, users: &[String]) -> Result<Vec<(String, LastPing)>, StoreError> {
+        fn last_many(&self, users: &[String]) -> Result<Vec<(String, Presence)>, StoreError> {
             if self.failures.load(Ordering::SeqCst) > 0 {
                 self.failures.fetch_sub(1, Ordering::SeqCst);
                 return Err(StoreError::TimedOut);
@@ -258,16 +287,18 @@ mod tests {
     fn a_failed_read_is_retried_while_the_user_is_watched() {
         let hub = Hub::new(8);
         let store = Arc::new(Flaky {
-            inner: MemoryStore::new(Hub::new(1)),
+            inner: MemoryStore::new(Hub::new(1), Rules::default()),
             failures: AtomicU32::new(1),
         });
-        store.inner.record("u", "2", 7_000_000).unwrap();
+        let now = now_micros();
+        store.inner.record("u", "d", Some("2"), now).unwrap();
         let (reads, _worker) = CachedReads::start(store, Arc::clone(&hub)).unwrap();
         let sub = hub.subscribe(&["u".into()]);
         reads.request(sub.mailbox());
         let started = Instant::now();
         let (_, event) = sub.wait(started + RETRY * 3).unwrap();
-        assert_eq!(event.without_user().concat(), r#"{"time":7,"status":"2"}"#);
+        let data = format!(r#"{{"time":{},"status":"2"}}"#, now / 1_000_000);
+        assert_eq!(event.without_user().concat(), data);
         assert!(started.elapsed() >= RETRY / 2, "delivered on the retry");
     }
 }

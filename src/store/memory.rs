@@ -5,54 +5,67 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::{Kind, Store, StoreError, Unhealthy, next_seq};
+use super::{Kind, Store, StoreError, Unhealthy};
 use crate::hub::Hub;
-use crate::ping::LastPing;
+use crate::presence::{Devices, Presence, Rules, Update};
 
-/// Last pings in a map, delivered straight to the local hub.
+/// Users' devices and presence in a map, delivered straight to the local hub.
 pub struct MemoryStore {
     state: Mutex<State>,
     hub: Arc<Hub>,
+    rules: Rules,
 }
 
 #[derive(Default)]
 struct State {
-    last: HashMap<String, LastPing>,
-    /// The last sequence number given to any user: in one process, ids increase across users
-    /// strictly, not just by the clock.
+    users: HashMap<String, Devices>,
+    /// The last id given to any user: in one process, ids increase across users strictly,
+    /// not just by the clock.
     seq: u64,
 }
 
 impl MemoryStore {
-    pub fn new(hub: Arc<Hub>) -> MemoryStore {
+    pub fn new(hub: Arc<Hub>, rules: Rules) -> MemoryStore {
         MemoryStore {
             state: Mutex::default(),
             hub,
+            rules,
         }
     }
 }
 
 impl Store for MemoryStore {
-    fn record(&self, user: &str, status: &str, now_micros: u64) -> Result<LastPing, StoreError> {
+    fn record(
+        &self,
+        user: &str,
+        device: &str,
+        status: Option<&str>,
+        now_micros: u64,
+    ) -> Result<Option<u64>, StoreError> {
         let mut state = self.state.lock();
-        let seq = next_seq(state.last.get(user).map(|p| p.seq), now_micros).max(state.seq + 1);
-        state.seq = seq;
-        let ping = LastPing {
-            seq,
-            time: now_micros / 1_000_000,
-            status: status.to_owned(),
+        let State { users, seq } = &mut *state;
+        let devices = users.entry(user.to_owned()).or_default();
+        let last = *seq;
+        let Some(update) = devices.apply(&self.rules, device, status, now_micros, |floor| {
+            floor.max(now_micros).max(last + 1)
+        }) else {
+            return Ok(None);
         };
-        // Publishing under the lock keeps each user's events in sequence order.
-        self.hub.publish_ping(user, &ping);
-        state.last.insert(user.to_owned(), ping.clone());
-        Ok(ping)
+        let id = match &update {
+            Update::Online { ping, .. } => ping.seq,
+            Update::Offline { id, .. } => *id,
+        };
+        *seq = id;
+        // Publishing under the lock keeps each user's events in id order.
+        self.hub.publish_update(user, &update);
+        Ok(Some(id))
     }
 
-    fn last_many(&self, users: &[String]) -> Result<Vec<(String, LastPing)>, StoreError> {
-        let last = &self.state.lock().last;
+    fn last_many(&self, users: &[String]) -> Result<Vec<(String, Presence)>, StoreError> {
+        let state = self.state.lock();
         Ok(users
             .iter()
-            .filter_map(|u| Some((u.clone(), last.get(u)?.clone())))
+            .filter_map(|u| Some((u.clone(), state.users.get(u)?.presence.clone()?)))
             .collect())
     }
 
@@ -76,19 +89,21 @@ mod tests {
     #[test]
     fn record_numbers_pings_in_storing_order_and_delivers_them_in_order() {
         let hub = Hub::new(16);
-        let store = MemoryStore::new(Arc::clone(&hub));
+        let store = MemoryStore::new(Arc::clone(&hub), Rules::default());
         let watcher = hub.subscribe(&["alice".into()]);
         assert!(store.last_many(&["alice".into()]).unwrap().is_empty());
 
         // The same microsecond thrice: sequence numbers still increase by one.
         for (i, status) in ["0", "1", "2"].iter().enumerate() {
-            let ping = store.record("alice", status, 100_000_000).unwrap();
-            assert_eq!(ping.seq, 100_000_000 + i as u64);
+            let id = store
+                .record("alice", "d", Some(status), 100_000_000)
+                .unwrap();
+            assert_eq!(id, Some(100_000_000 + i as u64));
         }
         // Another user, stored later with a clock behind: still a larger id.
         assert_eq!(
-            store.record("bob", "a", 5_000_000).unwrap().seq,
-            100_000_003
+            store.record("bob", "d", Some("a"), 5_000_000).unwrap(),
+            Some(100_000_003)
         );
 
         let past = std::time::Instant::now();
@@ -105,7 +120,7 @@ mod tests {
         );
         let (_, last) = store.last_many(&["alice".into()]).unwrap().remove(0);
         assert_eq!(
-            (last.seq, last.time, last.status.as_str()),
+            (last.ping.seq, last.ping.time, last.ping.status.as_str()),
             (100_000_002, 100, "2")
         );
     }

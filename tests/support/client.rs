@@ -132,6 +132,8 @@ pub struct Sse {
     ended: bool,
     /// The `id:` of the last event read, as a browser keeps it for `Last-Event-ID`.
     pub last_id: Option<String>,
+    /// The `event:` name of the last event read (`None`: a plain message).
+    pub last_name: Option<String>,
 }
 
 impl Sse {
@@ -155,6 +157,7 @@ impl Sse {
             text: String::new(),
             ended: false,
             last_id: None,
+            last_name: None,
         }
     }
 
@@ -211,6 +214,7 @@ impl Sse {
     /// those three fields in its data.
     pub fn expect_user_ping(&mut self, timeout: Duration) -> (u64, (String, u64, String)) {
         let data = self.expect_data(timeout);
+        assert_eq!(self.last_name, None, "a ping, not a named event: {data}");
         let value: serde_json::Value = serde_json::from_str(&data).expect("JSON data");
         let object = value.as_object().expect("an object");
         assert_eq!(object.len(), 3, "user, time and status: {data}");
@@ -232,9 +236,23 @@ impl Sse {
             .expect("a numeric id")
     }
 
-    /// The next event's data parsed as `{"time": …, "status": …}`.
+    /// The next event, which must say its user went offline: its id and `time`, with only
+    /// `time` (and `user`, on a many-user stream) in its data.
+    pub fn expect_offline(&mut self, timeout: Duration) -> (u64, u64) {
+        let data = self.expect_data(timeout);
+        assert_eq!(self.last_name.as_deref(), Some("offline"), "{data}");
+        let value: serde_json::Value = serde_json::from_str(&data).expect("JSON data");
+        let object = value.as_object().expect("an object");
+        let fields = if object.contains_key("user") { 2 } else { 1 };
+        assert_eq!(object.len(), fields, "only time (and user): {data}");
+        let time = object["time"].as_u64().expect("an integer time");
+        (self.id(), time)
+    }
+
+    /// The next event's data parsed as `{"time": …, "status": …}`; not an offline event.
     pub fn expect_ping(&mut self, timeout: Duration) -> (u64, String) {
         let data = self.expect_data(timeout);
+        assert_eq!(self.last_name, None, "a ping, not a named event: {data}");
         let value: serde_json::Value = serde_json::from_str(&data).expect("JSON data");
         let object = value.as_object().expect("an object");
         assert_eq!(object.len(), 2, "only time and status: {data}");
@@ -274,7 +292,11 @@ impl Sse {
         let end = self.text.find("\n\n")?;
         let block: String = self.text.drain(..end + 2).collect();
         let mut data: Option<String> = None;
+        let mut name = None;
         for line in block.lines() {
+            if let Some(event) = line.strip_prefix("event:") {
+                name = Some(event.strip_prefix(' ').unwrap_or(event).to_owned());
+            }
             if let Some(id) = line.strip_prefix("id:") {
                 self.last_id = Some(id.strip_prefix(' ').unwrap_or(id).to_owned());
             }
@@ -285,6 +307,9 @@ impl Sse {
                     None => value.to_owned(),
                 });
             }
+        }
+        if data.is_some() {
+            self.last_name = name;
         }
         Some(data.map_or(SseItem::Comment, SseItem::Data))
     }

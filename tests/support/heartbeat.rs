@@ -136,6 +136,25 @@ impl Heartbeat {
         self.post_ping(Some(&claim), &body)
     }
 
+    /// `POST /ping` as `user` from `device`, with `{"status": status}`.
+    pub fn ping_from(&self, user: &str, device: &str, status: &str) -> Reply {
+        let claim = format!(r#"{{"userid":"{user}","clientid":"{device}"}}"#);
+        let body = serde_json::json!({ "status": status }).to_string();
+        self.post_ping(Some(&claim), &body)
+    }
+
+    /// `POST /leave` as `user`'s `device`.
+    pub fn leave(&self, user: &str, device: &str) -> Reply {
+        let claim = format!(r#"{{"userid":"{user}","clientid":"{device}"}}"#);
+        self.request(
+            format!(
+                "POST /leave HTTP/1.1\r\nHost: t\r\nX-User-Claim: {claim}\r\n\
+                 Content-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+    }
+
     /// `POST /ping` with any claim and body.
     pub fn post_ping(&self, claim: Option<&str>, body: &str) -> Reply {
         let claim = claim.map_or(String::new(), |c| format!("X-User-Claim: {c}\r\n"));

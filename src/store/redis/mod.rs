@@ -12,6 +12,7 @@ pub mod feed;
 mod node;
 mod pool;
 pub mod schema;
+pub mod script;
 mod slot;
 mod writer;
 
@@ -22,13 +23,13 @@ use redis::RedisError;
 
 use self::feed::{Feed, FeedState};
 use self::node::{Node, OneNode};
-use self::schema::{Keys, LastRow, parse_last};
+use self::schema::{Keys, LastRow, Record, parse_last};
 use self::writer::Writers;
 use super::cached::CachedReads;
 use super::{Kind, Store, StoreError, Unhealthy};
 use crate::hub::Hub;
 use crate::metrics::{Metrics, RedisCall};
-use crate::ping::LastPing;
+use crate::presence::{Presence, Rules};
 use crate::worker::Worker;
 
 /// How heartbeat uses Redis, on one server or on each node of a cluster.
@@ -41,6 +42,8 @@ pub struct RedisOptions {
     pub timeout: Duration,
     /// Replicas that must have a ping (Redis `WAIT`) before it is answered as stored.
     pub wait_replicas: u32,
+    /// The presence rules the record script applies.
+    pub presence: Rules,
 }
 
 /// Last pings in Redis, shared by every instance on the same Redis and prefix.
@@ -49,6 +52,8 @@ pub struct RedisStore {
     node: Arc<Node>,
     writers: Writers,
     timeout: Duration,
+    /// The device TTL, for presences stored before there were devices.
+    ttl_micros: u64,
     feed: Arc<FeedState>,
     metrics: Arc<Metrics>,
 }
@@ -64,17 +69,13 @@ impl RedisStore {
     ) -> Result<(RedisStore, Worker), RedisError> {
         let node = Arc::new(Node::new(url, url, options.pool_size, options.timeout)?);
         let router = Arc::new(OneNode(Arc::clone(&node)));
-        let (writers, worker) = Writers::start(
-            router,
-            &[Arc::clone(&node)],
-            options.wait_replicas,
-            Arc::clone(&metrics),
-        )?;
+        let (writers, worker) = Writers::start(router, &[Arc::clone(&node)], options, &metrics)?;
         let store = RedisStore {
             node,
             keys: Keys::new(&options.key_prefix),
             writers,
             timeout: options.timeout,
+            ttl_micros: options.presence.ttl_micros(),
             feed: Arc::default(),
             metrics,
         };
@@ -110,12 +111,18 @@ impl RedisStore {
 }
 
 impl Store for RedisStore {
-    fn record(&self, user: &str, status: &str, now_micros: u64) -> Result<LastPing, StoreError> {
-        self.writers
-            .record(&self.keys, user, status, now_micros, self.timeout)
+    fn record(
+        &self,
+        user: &str,
+        device: &str,
+        status: Option<&str>,
+        now_micros: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let record = Record::new(&self.keys, user, device, status, now_micros);
+        self.writers.record(record, self.timeout)
     }
 
-    fn last_many(&self, users: &[String]) -> Result<Vec<(String, LastPing)>, StoreError> {
+    fn last_many(&self, users: &[String]) -> Result<Vec<(String, Presence)>, StoreError> {
         let mut pipe = redis::pipe();
         for user in users {
             self.keys.add_last_read(&mut pipe, user);
@@ -129,7 +136,7 @@ impl Store for RedisStore {
         Ok(users
             .iter()
             .zip(rows)
-            .filter_map(|(user, row)| Some((user.clone(), parse_last(row)?)))
+            .filter_map(|(user, row)| Some((user.clone(), parse_last(row, self.ttl_micros)?)))
             .collect())
     }
 

@@ -1,27 +1,19 @@
 //! What heartbeat writes in Redis, in one place: key and channel names under the prefix, the
-//! message format on the channels, and the script that stores and publishes a ping, with its
-//! arguments.
+//! message format on the channels, and the arguments of the record script ([`script`]).
 //!
-//! Each user has a hash `<prefix>last:<user>` with `seq`, `time` and `status`, and a channel
-//! `<prefix>ping:<user>` whose messages are `"<seq> <time> <status>"`. On a Redis Cluster the
-//! user in both names is a hash tag, `{u:<user>}`, so the hash and the shard channel are in
-//! the same slot (the `u:` keeps the tag from being empty, and thus ignored, for an id that
-//! begins with `}`).
+//! Each user has a presence hash `<prefix>last:<user>` with the last visible ping (`seq`,
+//! `time`, `status`), when that presence expires (`expires`, microseconds) and, while the user
+//! is offline by a leave or by going invisible, the offline event's id (`off`); a devices hash
+//! `<prefix>dev:<user>` with `"<at> <status>"` (at in microseconds) by device; and a channel
+//! `<prefix>ping:<user>` whose messages are `"p <seq> <time> <expires> <status>"` (a visible
+//! presence) or `"o <id> <time>"` (offline). On a Redis Cluster the user in every name is a
+//! hash tag, `{u:<user>}`, so the hashes and the shard channel are in the same slot (the `u:`
+//! keeps the tag from being empty, and thus ignored, for an id that begins with `}`).
+//!
+//! [`script`]: super::script
 
 use crate::ping::LastPing;
-
-/// KEYS[1] the user's hash; ARGV: time (s), status, channel, now (us), and the publishing
-/// command (`PUBLISH`, or `SPUBLISH` on a cluster). Computes the sequence number as
-/// [`next_seq`](crate::store::next_seq) does; microseconds since 1970 fit exactly in a Lua
-/// number (a double) until the year 2255. The argument order is [`Record::add_to`]'s.
-pub const RECORD_SCRIPT: &str = r"
-local stored = tonumber(redis.call('HGET', KEYS[1], 'seq'))
-local seq = math.max(stored and stored + 1 or 0, tonumber(ARGV[4]))
-seq = string.format('%d', seq)
-redis.call('HSET', KEYS[1], 'seq', seq, 'time', ARGV[1], 'status', ARGV[2])
-redis.call(ARGV[5], ARGV[3], seq .. ' ' .. ARGV[1] .. ' ' .. ARGV[2])
-return seq
-";
+use crate::presence::{Presence, State, Update};
 
 /// Names of keys and channels under the configured prefix.
 #[derive(Debug, Clone)]
@@ -49,9 +41,14 @@ impl Keys {
         }
     }
 
-    /// The hash holding the user's last ping.
+    /// The hash holding the user's presence: the last visible ping, and how it ends.
     pub fn last(&self, user: &str) -> String {
         self.name("last:", user)
+    }
+
+    /// The hash holding the user's devices and their last pings.
+    pub fn devices(&self, user: &str) -> String {
+        self.name("dev:", user)
     }
 
     /// The channel the user's pings are published on.
@@ -96,77 +93,115 @@ impl Keys {
         }
     }
 
-    /// Adds the read of `user`'s last ping to `pipe`; [`parse_last`] reads its reply.
+    /// Adds the read of `user`'s presence to `pipe`; [`parse_last`] reads its reply.
     pub fn add_last_read(&self, pipe: &mut redis::Pipeline, user: &str) {
         pipe.cmd("HMGET")
             .arg(self.last(user))
-            .arg(&["seq", "time", "status"]);
+            .arg(&["seq", "time", "status", "expires", "off"]);
     }
 }
 
-/// The reply to one [`Keys::add_last_read`]: `seq`, `time`, `status`.
-pub type LastRow = (Option<u64>, Option<u64>, Option<String>);
+/// The reply to one [`Keys::add_last_read`]: `seq`, `time`, `status`, `expires`, `off`.
+pub type LastRow = (
+    Option<u64>,
+    Option<u64>,
+    Option<String>,
+    Option<u64>,
+    Option<u64>,
+);
 
-/// The last ping in a [`LastRow`], if the user has one.
-pub fn parse_last((seq, time, status): LastRow) -> Option<LastPing> {
-    Some(LastPing {
+/// The presence in a [`LastRow`], if the user has one. A hash written before presence has no
+/// `expires`: its ping is live for `ttl_micros`, as a device's.
+pub fn parse_last(row: LastRow, ttl_micros: u64) -> Option<Presence> {
+    let (seq, time, status, expires, off) = row;
+    let time = time.unwrap_or(0);
+    let state = match off {
+        Some(id) => State::Offline(id),
+        None => State::Until(expires.unwrap_or(time * 1_000_000 + ttl_micros)),
+    };
+    let ping = LastPing {
         seq: seq?,
-        time: time.unwrap_or(0),
+        time,
         status: status.unwrap_or_default(),
-    })
+    };
+    Some(Presence { ping, state })
 }
 
-/// Parses a published message, `"<seq> <time> <status>"`.
-pub fn parse_message(payload: &str) -> Option<LastPing> {
-    let mut parts = payload.splitn(3, ' ');
-    Some(LastPing {
-        seq: parts.next()?.parse().ok()?,
-        time: parts.next()?.parse().ok()?,
-        status: parts.next()?.to_owned(),
-    })
+/// Parses a published message: `"p <seq> <time> <expires> <status>"` or `"o <id> <time>"`.
+pub fn parse_message(payload: &str) -> Option<Update> {
+    let (kind, rest) = payload.split_once(' ')?;
+    match kind {
+        "p" => {
+            let mut parts = rest.splitn(4, ' ');
+            let seq = parts.next()?.parse().ok()?;
+            let time = parts.next()?.parse().ok()?;
+            let expires = parts.next()?.parse().ok()?;
+            let status = parts.next()?.to_owned();
+            let ping = LastPing { seq, time, status };
+            Some(Update::Online { ping, expires })
+        }
+        "o" => {
+            let (id, time) = rest.split_once(' ')?;
+            Some(Update::Offline {
+                id: id.parse().ok()?,
+                time: time.parse().ok()?,
+            })
+        }
+        _ => None,
+    }
 }
 
-/// One call of [`RECORD_SCRIPT`]: a user's ping to store and publish.
+/// One call of the record script: a device's ping (or its leave) to store and publish.
 #[derive(Debug)]
 pub struct Record {
-    key: String,
+    last: String,
+    devices: String,
     channel: String,
     publish: &'static str,
-    /// UTC epoch seconds.
-    pub time: u64,
-    status: String,
+    device: String,
+    /// `None` for a leave.
+    status: Option<String>,
     now_micros: u64,
 }
 
 impl Record {
-    pub fn new(keys: &Keys, user: &str, status: &str, now_micros: u64) -> Record {
+    pub fn new(
+        keys: &Keys,
+        user: &str,
+        device: &str,
+        status: Option<&str>,
+        now_micros: u64,
+    ) -> Record {
         Record {
-            key: keys.last(user),
+            last: keys.last(user),
+            devices: keys.devices(user),
             channel: keys.channel(user),
             publish: keys.publish_command(),
-            time: now_micros / 1_000_000,
-            status: status.to_owned(),
+            device: device.to_owned(),
+            status: status.map(str::to_owned),
             now_micros,
         }
     }
 
-    /// Adds the script call to `pipe`, by the script's SHA1 `sha`; its reply is the sequence
-    /// number.
+    /// Adds the script call to `pipe`, by the script's SHA1 `sha`; its reply is the id of
+    /// what it published, or nil.
     pub fn add_to(&self, pipe: &mut redis::Pipeline, sha: &str) {
         pipe.cmd("EVALSHA")
             .arg(sha)
-            .arg(1)
-            .arg(&self.key)
-            .arg(self.time)
-            .arg(&self.status)
-            .arg(&self.channel)
+            .arg(2)
+            .arg(&self.last)
+            .arg(&self.devices)
             .arg(self.now_micros)
-            .arg(self.publish);
+            .arg(&self.device)
+            .arg(self.status.as_deref().unwrap_or(""))
+            .arg(&self.channel)
+            .arg(self.publish)
+            .arg(if self.status.is_some() { "0" } else { "1" });
     }
 
     /// The user's hash, which decides the node a cluster runs the call on.
     pub fn key(&self) -> &str {
-        &self.key
+        &self.last
     }
 }
 
@@ -194,24 +229,73 @@ mod tests {
     }
 
     #[test]
-    fn messages_carry_seq_time_and_the_whole_status() {
-        let ping = parse_message("7 1700000000 do not disturb").unwrap();
+    fn messages_carry_presence_or_offline_with_the_whole_status() {
+        let online = parse_message("p 7 1700000000 1700000060000000 do not disturb").unwrap();
+        let ping = LastPing {
+            seq: 7,
+            time: 1_700_000_000,
+            status: "do not disturb".into(),
+        };
         assert_eq!(
-            ping,
-            LastPing {
-                seq: 7,
-                time: 1_700_000_000,
-                status: "do not disturb".into()
+            online,
+            Update::Online {
+                ping,
+                expires: 1_700_000_060_000_000
             }
         );
-        assert_eq!(parse_message("7 1 ").unwrap().status, "");
-        assert_eq!(parse_message("7 1"), None);
-        assert_eq!(parse_message("x 1 a"), None);
+        assert!(
+            matches!(parse_message("p 7 1 2 "), Some(Update::Online { ping, .. }) if ping.status.is_empty())
+        );
+        assert_eq!(
+            parse_message("o 9 1700000000"),
+            Some(Update::Offline {
+                id: 9,
+                time: 1_700_000_000
+            })
+        );
+        for bad in ["p 7 1 2", "7 1 a", "o 9", "o x 1", "x 1 2 3 a", ""] {
+            assert_eq!(parse_message(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_stored_presence_is_online_until_it_expires_or_offline_by_its_event() {
+        let row = |expires, off| (Some(5), Some(100), Some("1".to_owned()), expires, off);
+        let ping = LastPing {
+            seq: 5,
+            time: 100,
+            status: "1".into(),
+        };
+        assert_eq!(
+            parse_last(row(Some(160_000_000), None), 60_000_000),
+            Some(Presence {
+                ping: ping.clone(),
+                state: State::Until(160_000_000)
+            })
+        );
+        assert_eq!(
+            parse_last(row(Some(160_000_000), Some(9)), 60_000_000)
+                .unwrap()
+                .state,
+            State::Offline(9)
+        );
+        // Written before presence: live for the device TTL after its ping.
+        assert_eq!(
+            parse_last(row(None, None), 30_000_000).unwrap().state,
+            State::Until(130_000_000)
+        );
+        assert_eq!(parse_last((None, None, None, None, None), 1), None);
     }
 
     #[test]
     fn a_record_call_passes_the_arguments_in_the_scripts_order() {
-        let record = Record::new(&Keys::new("hb:"), "u", "busy", 1_700_000_000_123_456);
+        let record = Record::new(
+            &Keys::new("hb:"),
+            "u",
+            "phone",
+            Some("busy"),
+            1_700_000_000_123_456,
+        );
         let mut pipe = redis::pipe();
         record.add_to(&mut pipe, "sha");
         let packed = String::from_utf8(pipe.get_packed_pipeline()).unwrap();
@@ -224,13 +308,15 @@ mod tests {
             [
                 "EVALSHA",
                 "sha",
-                "1",
+                "2",
                 "hb:last:u",
-                "1700000000",
+                "hb:dev:u",
+                "1700000000123456",
+                "phone",
                 "busy",
                 "hb:ping:u",
-                "1700000000123456",
-                "PUBLISH"
+                "PUBLISH",
+                "0"
             ]
         );
     }
@@ -240,11 +326,14 @@ mod tests {
         use super::super::slot::slot;
         let keys = Keys::cluster("hb:");
         assert_eq!(keys.last("alice"), "hb:last:{u:alice}");
+        assert_eq!(keys.devices("alice"), "hb:dev:{u:alice}");
         assert_eq!(keys.channel("alice"), "hb:ping:{u:alice}");
         assert_eq!(keys.publish_command(), "SPUBLISH");
         for user in ["alice", "}", "}x", "a}b", "{", "{x}", "u 1", "\u{e9}"] {
             let (last, channel) = (keys.last(user), keys.channel(user));
             assert_eq!(slot(last.as_bytes()), slot(channel.as_bytes()), "{user:?}");
+            let devices = keys.devices(user);
+            assert_eq!(slot(last.as_bytes()), slot(devices.as_bytes()), "{user:?}");
             assert_eq!(keys.user_of_channel(&channel), Some(user));
         }
         assert_ne!(

@@ -17,18 +17,18 @@ use self::coordinator::{ClusterFeed, Context, FeedStates};
 use self::topology::Topology;
 use super::RedisOptions;
 use super::node::{Node, Redirect, Router};
-use super::schema::{Keys, LastRow, parse_last};
+use super::schema::{Keys, LastRow, Record, parse_last};
 use super::writer::Writers;
 use crate::config::ClusterSeeds;
 use crate::hub::Hub;
 use crate::metrics::{Metrics, RedisCall};
-use crate::ping::LastPing;
+use crate::presence::Presence;
 use crate::store::cached::CachedReads;
 use crate::store::{Kind, ShardProblem, Store, StoreError, Unhealthy};
 use crate::worker::Worker;
 
-/// Users' last pings, as read.
-type Pings = Vec<(String, LastPing)>;
+/// Users' presences, as read.
+type Pings = Vec<(String, Presence)>;
 /// Users by the master that serves them.
 type Groups = Vec<(Arc<Node>, Vec<String>)>;
 
@@ -39,6 +39,8 @@ pub struct ClusterStore {
     wake: crossbeam_channel::Receiver<()>,
     writers: Writers,
     timeout: Duration,
+    /// The device TTL, for presences stored before there were devices.
+    ttl_micros: u64,
     feeds: FeedStates,
     metrics: Arc<Metrics>,
 }
@@ -54,14 +56,14 @@ impl ClusterStore {
     ) -> Result<(ClusterStore, Worker), RedisError> {
         let (topology, wake) = Topology::new(seeds.clone(), options.pool_size, options.timeout);
         let router: Arc<dyn Router> = topology.clone();
-        let (writers, worker) =
-            Writers::start(router, &[], options.wait_replicas, Arc::clone(&metrics))?;
+        let (writers, worker) = Writers::start(router, &[], options, &metrics)?;
         let store = ClusterStore {
             keys: Keys::cluster(&options.key_prefix),
             topology,
             wake,
             writers,
             timeout: options.timeout,
+            ttl_micros: options.presence.ttl_micros(),
             feeds: FeedStates::default(),
             metrics,
         };
@@ -114,8 +116,8 @@ impl ClusterStore {
                 }
                 reply => {
                     let row: LastRow = redis::FromRedisValue::from_redis_value(reply)?;
-                    if let Some(ping) = parse_last(row) {
-                        pings.push((user.clone(), ping));
+                    if let Some(presence) = parse_last(row, self.ttl_micros) {
+                        pings.push((user.clone(), presence));
                     }
                 }
             }
@@ -138,14 +140,20 @@ impl ClusterStore {
 }
 
 impl Store for ClusterStore {
-    fn record(&self, user: &str, status: &str, now_micros: u64) -> Result<LastPing, StoreError> {
-        self.writers
-            .record(&self.keys, user, status, now_micros, self.timeout)
+    fn record(
+        &self,
+        user: &str,
+        device: &str,
+        status: Option<&str>,
+        now_micros: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let record = Record::new(&self.keys, user, device, status, now_micros);
+        self.writers.record(record, self.timeout)
     }
 
     /// One round trip per master that serves some of `users`; a slot that moved meanwhile
     /// costs one more.
-    fn last_many(&self, users: &[String]) -> Result<Vec<(String, LastPing)>, StoreError> {
+    fn last_many(&self, users: &[String]) -> Result<Vec<(String, Presence)>, StoreError> {
         let began = Instant::now();
         let mut pings = Vec::with_capacity(users.len());
         let mut left = users.to_vec();

@@ -194,8 +194,8 @@ pub(super) fn deliver(keys: &Keys, hub: &Hub, metrics: &Metrics, channel: &str, 
         return; // most pings, on an instance whose watchers watch others
     }
     match std::str::from_utf8(payload).ok().and_then(parse_message) {
-        Some(ping) => {
-            hub.publish_ping(user, &ping);
+        Some(update) => {
+            hub.publish_update(user, &update);
         }
         None => log::warn!("ignoring a malformed message on {channel:?}"),
     }

@@ -14,7 +14,6 @@ use super::{Job, Message, Pipelines, Registry};
 use crate::metrics::Metrics;
 use crate::store::StoreError;
 use crate::store::redis::node::{Node, Redirect};
-use crate::store::redis::schema::RECORD_SCRIPT;
 
 /// Most pings in one pipeline.
 const MAX_BATCH: usize = 128;
@@ -160,7 +159,7 @@ impl Writer {
                 return Settled::Done;
             }
             (value, None) => {
-                job.answer(u64::from_redis_value(value).map_err(StoreError::from));
+                job.answer(Option::<u64>::from_redis_value(value).map_err(StoreError::from));
                 return Settled::Done;
             }
         };
@@ -197,7 +196,7 @@ impl Writer {
             if job.asking {
                 pipe.cmd("ASKING").ignore();
             }
-            job.record.add_to(&mut pipe, &self.registry.script_hash);
+            job.record.add_to(&mut pipe, &self.registry.script.sha);
         }
         if self.registry.wait_replicas > 0 {
             // Three quarters of the time left, so the answer arrives before the read times out.
@@ -211,7 +210,9 @@ impl Writer {
 
     fn load_script(&mut self, deadline: Instant) -> Result<(), RedisError> {
         let mut pipe = redis::pipe();
-        pipe.cmd("SCRIPT").arg("LOAD").arg(RECORD_SCRIPT);
+        pipe.cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(&self.registry.script.text);
         let replies = self.pipelines.run(&pipe, deadline)?;
         match replies.into_iter().next() {
             Some(Value::ServerError(e)) => Err(e.into()),
@@ -229,8 +230,10 @@ mod tests {
 
     use super::super::{Connect, Writers};
     use super::*;
+    use crate::presence::Rules;
     use crate::store::redis::node::Router;
-    use crate::store::redis::schema::Keys;
+    use crate::store::redis::schema::{Keys, Record};
+    use crate::store::redis::script::RecordScript;
     use crate::worker::{self, Worker};
 
     /// What a scripted node answers to its next pipeline.
@@ -334,15 +337,15 @@ mod tests {
             }) as Box<dyn Pipelines>
         });
         let router: Arc<dyn Router> = cluster.clone();
-        Writers::start_with(router, &[], wait_replicas, Arc::default(), connect).unwrap()
+        let script = RecordScript::new(&Rules::default());
+        Writers::start_with(router, &[], wait_replicas, Arc::default(), script, connect).unwrap()
     }
 
+    /// A ping through the writers: the id its script call answered (nil is none).
     fn ping(writers: &Writers) -> Result<u64, StoreError> {
-        let keys = Keys::cluster("hb:");
-        let timeout = Duration::from_secs(2);
-        writers
-            .record(&keys, "alice", "1", 1_700_000_000_000_000, timeout)
-            .map(|ping| ping.seq)
+        let record = Record::new(&Keys::cluster("hb:"), "alice", "phone", Some("1"), 1);
+        let id = writers.record(record, Duration::from_secs(2))?;
+        Ok(id.unwrap_or(0))
     }
 
     fn error(reply: &str) -> Value {

@@ -33,14 +33,15 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{RecvTimeoutError, Sender, TrySendError};
 use parking_lot::Mutex;
-use redis::{RedisError, Script, Value};
+use redis::{RedisError, Value};
 
 use self::batch::Writer;
 use self::link::NodeLink;
+use super::RedisOptions;
 use super::node::{Node, Router};
-use super::schema::{Keys, RECORD_SCRIPT, Record};
+use super::schema::Record;
+use super::script::RecordScript;
 use crate::metrics::{Metrics, RedisCall};
-use crate::ping::LastPing;
 use crate::store::StoreError;
 use crate::worker::{self, Worker};
 
@@ -72,14 +73,14 @@ enum Message {
 struct Job {
     record: Record,
     deadline: Instant,
-    reply: Sender<Result<u64, StoreError>>,
+    reply: Sender<Result<Option<u64>, StoreError>>,
     /// Sent here by an `ASK`: the call goes after `ASKING`.
     asking: bool,
     redirects: u8,
 }
 
 impl Job {
-    fn answer(&self, result: Result<u64, StoreError>) {
+    fn answer(&self, result: Result<Option<u64>, StoreError>) {
         let _ = self.reply.send(result);
     }
 }
@@ -97,7 +98,7 @@ struct Registry {
     /// Replicas that must confirm a batch (`WAIT`) before its pings are answered as stored.
     wait_replicas: u32,
     metrics: Arc<Metrics>,
-    script_hash: String,
+    script: RecordScript,
     /// Each node's queue, by address; `None` once shutdown has taken them, after which no
     /// writer starts.
     nodes: Mutex<Option<HashMap<String, Queue>>>,
@@ -116,19 +117,29 @@ impl Writers {
     pub fn start(
         router: Arc<dyn Router>,
         nodes: &[Arc<Node>],
-        wait_replicas: u32,
-        metrics: Arc<Metrics>,
+        options: &RedisOptions,
+        metrics: &Arc<Metrics>,
     ) -> std::io::Result<(Writers, Worker)> {
         let connect: Arc<Connect> = Arc::new(|node| Box::new(NodeLink::new(node)));
-        Writers::start_with(router, nodes, wait_replicas, metrics, connect)
+        let script = RecordScript::new(&options.presence);
+        let metrics = Arc::clone(metrics);
+        Writers::start_with(
+            router,
+            nodes,
+            options.wait_replicas,
+            metrics,
+            script,
+            connect,
+        )
     }
 
-    /// Like [`Writers::start`], sending through what `connect` makes.
+    /// Like [`Writers::start`], running `script` through what `connect` makes.
     fn start_with(
         router: Arc<dyn Router>,
         nodes: &[Arc<Node>],
         wait_replicas: u32,
         metrics: Arc<Metrics>,
+        script: RecordScript,
         connect: Arc<Connect>,
     ) -> std::io::Result<(Writers, Worker)> {
         let registry = Arc::new(Registry {
@@ -136,7 +147,7 @@ impl Writers {
             connect,
             wait_replicas,
             metrics,
-            script_hash: Script::new(RECORD_SCRIPT).get_hash().to_owned(),
+            script,
             nodes: Mutex::new(Some(HashMap::new())),
         });
         for node in nodes {
@@ -158,33 +169,20 @@ impl Writers {
         Ok((Writers { registry }, worker))
     }
 
-    /// Stores and publishes `user`'s ping (`status`, received at `now_micros`) within
-    /// `timeout`, timing the call in `heartbeat_redis_call_duration_seconds`.
-    pub fn record(
-        &self,
-        keys: &Keys,
-        user: &str,
-        status: &str,
-        now_micros: u64,
-        timeout: Duration,
-    ) -> Result<LastPing, StoreError> {
-        let record = Record::new(keys, user, status, now_micros);
-        let time = record.time;
+    /// Runs `record` within `timeout`, timing the call in
+    /// `heartbeat_redis_call_duration_seconds`: the id of what it published, if anything.
+    pub fn record(&self, record: Record, timeout: Duration) -> Result<Option<u64>, StoreError> {
         let began = Instant::now();
-        let seq = self.queue_and_wait(record, timeout);
+        let id = self.queue_and_wait(record, timeout);
         self.registry
             .metrics
             .redis_call(RedisCall::Record)
             .observe(began.elapsed());
-        Ok(LastPing {
-            seq: seq?,
-            time,
-            status: status.to_owned(),
-        })
+        id
     }
 
-    /// Queues the call for its node's writers and waits for the sequence number.
-    fn queue_and_wait(&self, record: Record, timeout: Duration) -> Result<u64, StoreError> {
+    /// Queues the call for its node's writers and waits for its reply.
+    fn queue_and_wait(&self, record: Record, timeout: Duration) -> Result<Option<u64>, StoreError> {
         let deadline = Instant::now() + timeout;
         let node = self.registry.router.node_for(record.key())?;
         let (reply, answer) = crossbeam_channel::bounded(1);

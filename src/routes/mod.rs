@@ -5,13 +5,15 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+mod path;
+
+use self::path::{Route, route};
 use crate::config::{Cors, Limits, TrustedProxies};
 use crate::http::{JSON, Request, Response};
-use crate::ids;
 use crate::metrics::{Metrics, PingOutcome, Readings};
 use crate::ping::{self, Rejection};
 use crate::store::Store;
-use crate::stream::{Form, Subscribe};
+use crate::stream::Subscribe;
 
 /// What the connection should do with a request.
 #[derive(Debug, PartialEq, Eq)]
@@ -61,7 +63,7 @@ impl Routes {
         let route = route(request, &self.limits);
         let cors = matches!(
             route,
-            Ok(Route::Ping | Route::Subscribe(_) | Route::Status(_))
+            Ok(Route::Ping | Route::Leave | Route::Subscribe(_) | Route::Status(_))
         )
         .then(|| self.cors.allow(request.header("origin")))
         .flatten();
@@ -70,10 +72,15 @@ impl Routes {
                 let (response, outcome) = self.ping(request);
                 Outcome::Pinged(response, outcome)
             }
-            Ok(Route::Ping) if method == "OPTIONS" && self.cors != Cors::Off => Outcome::Respond(
-                preflight(cors.is_some(), "POST", "Content-Type, X-User-Claim"),
-            ),
-            Ok(Route::Ping) => Outcome::Respond(not_allowed("POST")),
+            Ok(Route::Leave) if method == "POST" => Outcome::Respond(self.leave(request)),
+            Ok(Route::Ping | Route::Leave) if method == "OPTIONS" && self.cors != Cors::Off => {
+                Outcome::Respond(preflight(
+                    cors.is_some(),
+                    "POST",
+                    "Content-Type, X-User-Claim",
+                ))
+            }
+            Ok(Route::Ping | Route::Leave) => Outcome::Respond(not_allowed("POST")),
             Ok(Route::Subscribe(subscribe)) if method == "GET" => Outcome::Subscribe(subscribe),
             Ok(Route::Subscribe(_) | Route::Status(_))
                 if method == "OPTIONS" && self.cors != Cors::Off =>
@@ -120,16 +127,22 @@ impl Routes {
         Response::typed(status, JSON, &body.to_string()).with_header("Cache-Control", "no-store")
     }
 
-    /// `GET /status?user=...`: each user's last ping or `null`, in one store round trip.
+    /// `GET /status?user=...`: each user's last visible ping and whether they are online, or
+    /// `null`, in one store round trip.
     fn status(&self, users: &[String]) -> Response {
         match self.store.last_many(users) {
-            Ok(pings) => {
+            Ok(presences) => {
                 let mut body = serde_json::Map::new();
                 for user in users {
                     body.insert(user.clone(), serde_json::Value::Null);
                 }
-                for (user, ping) in pings {
-                    let ping = serde_json::json!({ "time": ping.time, "status": ping.status });
+                let now = ping::now_micros();
+                for (user, presence) in presences {
+                    let ping = serde_json::json!({
+                        "time": presence.ping.time,
+                        "status": presence.ping.status,
+                        "online": presence.offline_at(now).is_none(),
+                    });
                     body.insert(user, ping);
                 }
                 let body = serde_json::Value::Object(body).to_string();
@@ -164,18 +177,14 @@ impl Routes {
                 return (refuse(&rejection), PingOutcome::Refused);
             }
         };
-        match self
-            .store
-            .record(&claim.userid, &status, ping::now_micros())
-        {
-            Ok(stored) => {
+        let device = claim.clientid.as_deref().unwrap_or_default();
+        match (self.store).record(&claim.userid, device, Some(&status), ping::now_micros()) {
+            Ok(id) => {
                 Metrics::count(&self.metrics.pings_accepted_total);
                 log::debug!(
-                    "ping from {:?} ({}): status {:?}, seq {}",
+                    "ping from {:?} ({device:?}): status {status:?}, {}",
                     claim.userid,
-                    claim.clientid.as_deref().unwrap_or("-"),
-                    stored.status,
-                    stored.seq
+                    Published(id)
                 );
                 (Response::empty(200), PingOutcome::Stored)
             }
@@ -191,91 +200,41 @@ impl Routes {
     }
 }
 
-enum Route {
-    Ping,
-    Subscribe(Subscribe),
-    /// `/status` with its users.
-    Status(Vec<String>),
-    Health,
-    Metrics,
+impl Routes {
+    /// `POST /leave`: ends the claimed device at once (sign-out, app closed); if it was the
+    /// user's last live visible device, watchers are told the user went offline.
+    fn leave(&self, request: &Request) -> Response {
+        let claim = match ping::parse_claim(request.header("x-user-claim"), &self.limits) {
+            Ok(claim) => claim,
+            Err(rejection) => {
+                log::debug!("leave refused: {rejection}");
+                return refuse(&rejection);
+            }
+        };
+        let device = claim.clientid.as_deref().unwrap_or_default();
+        match (self.store).record(&claim.userid, device, None, ping::now_micros()) {
+            Ok(id) => {
+                log::debug!("{:?} ({device:?}) left: {}", claim.userid, Published(id));
+                Response::empty(200)
+            }
+            Err(e) => {
+                log::debug!("leave of {:?} not stored: {e}", claim.userid);
+                Response::text(503, &e.to_string())
+            }
+        }
+    }
 }
 
-/// Matches a request: `/ping`, `/subscribe/:userid` and `/subscribe/:userid/client/:clientid`
-/// (segments percent-decoded, the query ignored), `/subscribe?user=...` and
-/// `/status?user=...` (the query decoded as a form), `/healthz` and `/metrics`.
-fn route(request: &Request, limits: &Limits) -> Result<Route, Response> {
-    let (path, query) = request
-        .target
-        .split_once('?')
-        .unwrap_or((&request.target, ""));
-    let refused = |r: Rejection| refuse(&r);
-    match path {
-        "/ping" => return Ok(Route::Ping),
-        "/healthz" => return Ok(Route::Health),
-        "/metrics" => return Ok(Route::Metrics),
-        "/status" => {
-            return Ok(Route::Status(
-                ids::users_of_query(query, limits).map_err(refused)?,
-            ));
-        }
-        "/subscribe" => {
-            return Ok(Route::Subscribe(Subscribe {
-                users: ids::users_of_query(query, limits).map_err(refused)?,
-                form: Form::Multi,
-                client: None,
-                after: last_event_id(request)?,
-                headers: Vec::new(),
-            }));
-        }
-        _ => {}
-    }
-    let Some(rest) = path.strip_prefix("/subscribe/") else {
-        return Err(not_found());
-    };
-    let segments: Vec<&str> = rest.split('/').collect();
-    let (user, client) = match segments[..] {
-        [user] => (user, None),
-        [user, "client", client] if !client.is_empty() => (user, Some(client)),
-        _ => return Err(not_found()),
-    };
-    if user.is_empty() {
-        return Err(not_found());
-    }
-    let user = ids::path_segment(user).map_err(refused)?;
-    ping::check_id("userid", &user, limits).map_err(refused)?;
-    let client = match client {
-        Some(client) => {
-            let client = ids::path_segment(client).map_err(refused)?;
-            ping::check_id("clientid", &client, limits).map_err(refused)?;
-            Some(client)
-        }
-        None => None,
-    };
-    Ok(Route::Subscribe(Subscribe {
-        users: vec![user],
-        form: Form::Single,
-        client,
-        after: last_event_id(request)?,
-        headers: Vec::new(),
-    }))
-}
+/// What a ping or a leave published, for logs.
+struct Published(Option<u64>);
 
-/// The `Last-Event-ID` a reconnecting `EventSource` sends: the id of the last event it got,
-/// or 0 without one.
-fn last_event_id(request: &Request) -> Result<u64, Response> {
-    let Some(value) = request.header("last-event-id") else {
-        return Ok(0);
-    };
-    let value = std::str::from_utf8(value).unwrap_or("?").trim();
-    if value.is_empty() {
-        return Ok(0);
+impl std::fmt::Display for Published {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(id) => write!(f, "event {id}"),
+            None => f.write_str("nothing for watchers"),
+        }
     }
-    value.parse().map_err(|_| {
-        Response::text(
-            400,
-            "invalid Last-Event-ID: expected the id of an event, a whole number",
-        )
-    })
 }
 
 /// The answer to a CORS preflight of a route taking `method` with `headers`.
@@ -305,7 +264,9 @@ fn not_allowed(allow: &'static str) -> Response {
 mod tests {
     use super::*;
     use crate::hub::Hub;
+    use crate::presence::Rules;
     use crate::store::memory::MemoryStore;
+    use crate::stream::Form;
 
     /// No streams: what `/metrics` reads of them in these tests.
     struct NoStreams;
@@ -320,7 +281,7 @@ mod tests {
     }
 
     fn routes_with(cors: Cors) -> (Routes, Arc<MemoryStore>) {
-        let store = Arc::new(MemoryStore::new(Hub::new(4)));
+        let store = Arc::new(MemoryStore::new(Hub::new(4), Rules::default()));
         let routes = Routes {
             store: Arc::clone(&store) as Arc<dyn Store>,
             streams: Arc::new(NoStreams),
@@ -372,8 +333,8 @@ mod tests {
         );
         assert_eq!(response, Response::empty(200));
         let (_, last) = store.last_many(&["u1".into()]).unwrap().remove(0);
-        assert_eq!(last.status, "a");
-        assert!(last.time.abs_diff(ping::now_micros() / 1_000_000) <= 2);
+        assert_eq!(last.ping.status, "a");
+        assert!(last.ping.time.abs_diff(ping::now_micros() / 1_000_000) <= 2);
     }
 
     #[test]
@@ -472,14 +433,23 @@ mod tests {
     #[test]
     fn status_maps_each_user_to_its_last_ping_or_null() {
         let (routes, store) = routes();
-        store.record("a", "1", 1_700_000_000_000_000).unwrap();
-        let response = respond(&routes, request("GET", "/status?user=a&user=b+c", None, ""));
+        store
+            .record("a", "d", Some("1"), 1_700_000_000_000_000)
+            .unwrap();
+        let now = ping::now_micros();
+        store.record("now", "d", Some("2"), now).unwrap();
+        let target = "/status?user=a&user=b+c&user=now";
+        let response = respond(&routes, request("GET", target, None, ""));
         assert_eq!(response.status, 200);
         assert_eq!(response.content_type, Some("application/json"));
         let body: serde_json::Value = serde_json::from_str(&response.body).unwrap();
         assert_eq!(
             body,
-            serde_json::json!({ "a": { "time": 1_700_000_000, "status": "1" }, "b c": null })
+            serde_json::json!({
+                "a": { "time": 1_700_000_000, "status": "1", "online": false },
+                "b c": null,
+                "now": { "time": now / 1_000_000, "status": "2", "online": true },
+            })
         );
         let post = respond(&routes, request("POST", "/status?user=a", None, ""));
         assert_eq!(post.status, 405);
