@@ -95,7 +95,7 @@ stop_heartbeat
 echo "== ceiling: redis-benchmark of the store-and-publish script (EVALSHA), 32 clients"
 sha=$(redis-cli -p "$redis_port" SCRIPT LOAD "$("$bench" record-script)")
 redis-benchmark -p "$redis_port" -c 32 -n "$rb_requests" -r 1000 -q \
-  EVALSHA "$sha" 2 "bench:last:__rand_int__" "bench:dev:__rand_int__" 1700000000000000 phone 1 "bench:ping:__rand_int__" PUBLISH 0 \
+  EVALSHA "$sha" 1 "bench:last:__rand_int__" 1700000000000000 phone 1 "bench:ping:__rand_int__" PUBLISH 0 1700000000 1700000060000000 \
   | tr '\r' '\n' | grep -E 'requests per second' | tail -1 | tee "$work/redis"
 
 echo "== ceiling: wrk against heartbeat's HTTP layer answering a constant, 32 connections"

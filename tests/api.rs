@@ -15,15 +15,55 @@ fn a_ping_is_answered_200_with_an_empty_body_and_stored_in_redis() {
     assert_eq!(reply.body, "");
     assert_eq!(reply.header("content-length"), Some("0"));
 
-    let prefix = support::key_prefix();
-    let (seq, time, status): (u64, u64, String) = redis.query(
-        redis::cmd("HMGET")
-            .arg(format!("{prefix}last:alice"))
-            .arg(&["seq", "time", "status"]),
+    // The presence, "<seq> <time> <expires> <status>", and the device, "<at> <status>".
+    let key = format!("{}last:alice", support::key_prefix());
+    let (presence, device): (String, String) =
+        redis.query(redis::cmd("HMGET").arg(&key).arg(&["p", "d:test"]));
+    let fields: Vec<&str> = presence.splitn(4, ' ').collect();
+    let [seq, time, expires, status] = fields[..] else {
+        panic!("{presence:?}");
+    };
+    let (seq, time, expires): (u64, u64, u64) = (
+        seq.parse().unwrap(),
+        time.parse().unwrap(),
+        expires.parse().unwrap(),
     );
     assert!(seq > 0);
     assert!(time.abs_diff(now_secs()) <= 2, "time {time} is now");
+    assert_eq!(
+        expires,
+        seq + 60_000_000,
+        "live for DEVICE_TTL_SECS after the ping"
+    );
     assert_eq!(status, "1");
+    assert_eq!(device, format!("{seq} 1"));
+}
+
+#[test]
+fn a_hash_written_before_presence_is_read_and_rewritten_by_the_next_ping() {
+    let (redis, heartbeat) = heartbeat_on_redis();
+    let key = format!("{}last:olga", support::key_prefix());
+    let seq = support::now_secs() * 1_000_000;
+    let _: () = redis.query(redis::cmd("HSET").arg(&key).arg(&[
+        "seq",
+        &seq.to_string(),
+        "time",
+        &now_secs().to_string(),
+        "status",
+        "2",
+    ]));
+    let status = heartbeat.get("/status?user=olga");
+    let body: serde_json::Value = serde_json::from_str(&status.body).unwrap();
+    assert_eq!(body["olga"]["status"], "2");
+    assert_eq!(body["olga"]["online"], true);
+    let mut sse = heartbeat.subscribe("/subscribe/olga");
+    assert_eq!(sse.expect_ping(SOON).1, "2");
+    heartbeat.ping("olga", "0").assert_ok();
+    assert_eq!(sse.expect_ping(SOON).1, "0");
+    assert!(sse.id() > seq);
+    let mut fields: Vec<String> = redis.query(redis::cmd("HKEYS").arg(&key));
+    fields.sort();
+    assert_eq!(fields, ["d:test", "p"], "the old fields are gone");
 }
 
 #[test]
@@ -119,7 +159,7 @@ fn instances_with_other_key_prefixes_do_not_hear_each_other() {
     at_b.expect_no_data(Duration::from_millis(500));
     let mut keys: Vec<String> = redis.query(redis::cmd("KEYS").arg("*"));
     keys.sort();
-    assert_eq!(keys, ["one:dev:frank", "one:last:frank"]);
+    assert_eq!(keys, ["one:last:frank"]);
 }
 
 #[test]

@@ -656,11 +656,7 @@ fn malformed_requests_get_a_4xx_with_a_reason_and_write_nothing_to_redis() {
     let mut keys: Vec<String> = redis.query(redis::cmd("KEYS").arg("*"));
     keys.sort();
     let prefix = support::key_prefix();
-    assert_eq!(
-        keys,
-        [format!("{prefix}dev:mal"), format!("{prefix}last:mal")],
-        "only the good ping (its device and presence)"
-    );
+    assert_eq!(keys, [format!("{prefix}last:mal")], "only the good ping");
     assert!(!heartbeat.logs().contains("panicked"));
 }
 

@@ -7,8 +7,11 @@
 //!   p99 per second of the run) and deliveries expected against received and repeated. With
 //!   `--users-per-stream K` each stream watches K users on one `/subscribe?user=...`
 //!   stream; with `--probe-users P` one more stream of P users opens halfway and reports how
-//!   long its cached pings took. A probe thread meanwhile notes when the machine itself
-//!   stalls, to tell its hiccups from the server's.
+//!   long its cached pings took; with `--leave` each ping's user leaves half a second after
+//!   it, and every stream's offline events are counted (lost, repeated) and timed from the
+//!   leave; with `--expire-secs S` (the server's DEVICE_TTL_SECS) each user is left to expire
+//!   instead, and the offline events are timed from the ping plus S. A probe thread meanwhile notes when the machine itself stalls, to tell its
+//!   hiccups from the server's.
 //! - `hello`: the HTTP ceiling: heartbeat's own HTTP layer and thread-per-connection accept
 //!   loop answering every request with a constant, no store behind it.
 //! - `startup`: spawns a command and reports how long until `/healthz` answers 200.
@@ -59,7 +62,8 @@ fn main() -> ExitCode {
 const USAGE: &str = "usage:
   heartbeat-bench run --addr HOST:PORT [--pid PID] [--streams N] [--users U] [--rate PINGS_PER_S]
                       [--seconds S] [--ping-connections C] [--settle S]
-                      [--users-per-stream K] [--probe-users P] [--dump FILE]
+                      [--users-per-stream K] [--probe-users P] [--leave | --expire-secs S]
+                      [--dump FILE]
                       [--plot-data DIR]
   heartbeat-bench hello [HOST:PORT]
   heartbeat-bench startup HOST:PORT COMMAND [ARGS...]
@@ -81,6 +85,12 @@ pub struct Options {
     /// If above 0: halfway through the pings, open one more stream of this many users (all
     /// with a cached ping) and time how long until it has all their cached pings.
     pub probe_users: usize,
+    /// Each ping's user leaves half a second after it (`POST /leave`), and the offline events
+    /// are counted like deliveries.
+    pub leave: bool,
+    /// The server's DEVICE_TTL_SECS, when each ping's user is left to expire: its offline
+    /// events are counted like deliveries and timed from the ping plus this.
+    pub expire_secs: u64,
     /// Where to write every delivery as `ping latency_us`, for a closer look at a tail.
     pub dump: Option<String>,
     /// A directory for the data scripts/plot.gp draws.
@@ -100,11 +110,17 @@ impl Options {
             settle: 1.0,
             users_per_stream: 1,
             probe_users: 0,
+            leave: false,
+            expire_secs: 0,
             dump: None,
             plot_data: None,
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
+            if flag == "--leave" {
+                o.leave = true;
+                continue;
+            }
             let value = it
                 .next()
                 .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
@@ -126,6 +142,7 @@ impl Options {
                 "--settle" => o.settle = value.parse().map_err(|e| bad(&e))?,
                 "--users-per-stream" => o.users_per_stream = value.parse().map_err(|e| bad(&e))?,
                 "--probe-users" => o.probe_users = value.parse().map_err(|e| bad(&e))?,
+                "--expire-secs" => o.expire_secs = value.parse().map_err(|e| bad(&e))?,
                 "--dump" => o.dump = Some(value.clone()),
                 "--plot-data" => o.plot_data = Some(value.clone()),
                 _ => return Err(format!("unknown option {flag}\n{USAGE}")),
@@ -138,6 +155,17 @@ impl Options {
         }
         if o.users_per_stream > o.users || o.probe_users > o.users {
             return Err("--users-per-stream and --probe-users must not exceed --users".into());
+        }
+        let offline = o.leave || o.expire_secs > 0;
+        if offline && (o.users as u64) < o.rate as u64 * o.seconds {
+            return Err(
+                "--leave and --expire-secs need --users of at least --rate times \
+                 --seconds: each user pings and goes offline once"
+                    .into(),
+            );
+        }
+        if o.leave && o.expire_secs > 0 {
+            return Err("--leave and --expire-secs: one or the other".into());
         }
         Ok(o)
     }

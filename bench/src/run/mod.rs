@@ -11,8 +11,11 @@ use mio::{Events, Interest, Poll, Token};
 use self::report::{Seen, report};
 use self::stall::{StallProbe, Stalls};
 use self::wire::{
-    PINGER_BASE, PROBE, Pinger, Stream, StreamState, drive_stream, read_ping_replies,
+    LEAVE, PINGER_BASE, PROBE, Pinger, Sent, Stream, StreamState, drive_stream, read_ping_replies,
 };
+
+/// How long after its ping a user leaves, with --leave.
+const LEAVE_LAG: Duration = Duration::from_millis(500);
 use crate::Options;
 
 mod report;
@@ -73,6 +76,10 @@ struct Pings {
     /// Deliveries the pings should have made.
     expected: u64,
     stalls: Stalls,
+    /// Leaves sent and refused, and the offline events they should have made.
+    leaves: u64,
+    leave_errors: u64,
+    offline_expected: u64,
 }
 
 impl Load<'_> {
@@ -158,7 +165,14 @@ impl Load<'_> {
             late: 0,
             expected: 0,
             stalls: Stalls(Vec::new()),
+            leaves: 0,
+            leave_errors: 0,
+            offline_expected: 0,
         };
+        // With --leave, each ping's user leaves LEAVE_LAG after it: as many leaves a second
+        // as pings, each an offline event for every stream watching the user.
+        let mut leaves_due: std::collections::VecDeque<(Instant, usize)> = Default::default();
+        let mut left_at: Vec<Option<Instant>> = vec![None; o.users];
         let mut next = 0u64;
         let start = Instant::now();
         let stall_probe = StallProbe::start(start);
@@ -195,11 +209,41 @@ impl Load<'_> {
                 sent_at[next as usize] = Some(written);
                 pings.expected += self.subscribers[user];
                 next += 1;
+                if o.leave {
+                    leaves_due.push_back((written + LEAVE_LAG, user));
+                }
+                if o.expire_secs > 0 {
+                    left_at[user] = Some(written + Duration::from_secs(o.expire_secs));
+                    pings.offline_expected += self.subscribers[user];
+                }
+            }
+            while let Some(&(due, user)) = leaves_due.front() {
+                let free = pingers
+                    .iter_mut()
+                    .find(|p| p.connected && p.in_flight.is_none());
+                let (true, Some(pinger)) = (due <= now, free) else {
+                    break;
+                };
+                let request = format!(
+                    "POST /leave HTTP/1.1\r\nHost: bench\r\nX-User-Claim: {{\"userid\":\"{}\",\"clientid\":\"bench\"}}\r\n\
+                     Content-Length: 0\r\n\r\n",
+                    self.user_name(user)
+                );
+                let written = Instant::now();
+                if let Err(e) = pinger.socket.write_all(request.as_bytes()) {
+                    return Err(format!("sending a leave: {e}"));
+                }
+                pinger.in_flight = Some((LEAVE | user as u64, written));
+                left_at[user] = Some(written);
+                pings.leaves += 1;
+                pings.offline_expected += self.subscribers[user];
+                leaves_due.pop_front();
             }
             if o.probe_users > 0 && probe.is_none() && now >= probe_at {
                 probe = Some(self.open_probe()?);
             }
             if next == total
+                && leaves_due.is_empty()
                 && finished_at.is_none()
                 && pingers.iter().all(|p| p.in_flight.is_none())
             {
@@ -207,15 +251,22 @@ impl Load<'_> {
             }
             let probe_done = o.probe_users == 0 || pings.probe.is_some();
             if let Some(done) = finished_at
-                && ((self.seen.deliveries.len() as u64 >= pings.expected && probe_done)
-                    || done.elapsed() > Duration::from_secs(5))
+                && ((self.seen.deliveries.len() as u64 >= pings.expected
+                    && self.seen.offline.len() as u64 >= pings.offline_expected
+                    && probe_done)
+                    || done.elapsed() > Duration::from_secs(5 + o.expire_secs))
             {
                 break;
             }
+            let wait = match leaves_due.front() {
+                Some(&(due, _)) => due.saturating_duration_since(Instant::now()),
+                None => Duration::from_millis(50),
+            };
             let wait = if next < total {
-                (start + interval * next as u32).saturating_duration_since(Instant::now())
+                let ping = start + interval * next as u32;
+                wait.min(ping.saturating_duration_since(Instant::now()))
             } else {
-                Duration::from_millis(50)
+                wait
             };
             self.poll
                 .poll(&mut self.events, Some(wait.max(Duration::from_micros(100))))
@@ -235,16 +286,21 @@ impl Load<'_> {
                 } else if token >= PINGER_BASE {
                     let pinger = &mut pingers[token - PINGER_BASE];
                     pinger.connected = true;
-                    for (ok, latency) in read_ping_replies(pinger)? {
-                        if ok {
-                            pings.latency.push(latency);
-                        } else {
-                            pings.errors += 1;
+                    for (ok, latency, leave) in read_ping_replies(pinger)? {
+                        match (ok, leave) {
+                            (true, false) => pings.latency.push(latency),
+                            (false, false) => pings.errors += 1,
+                            (true, true) => {}
+                            (false, true) => pings.leave_errors += 1,
                         }
                     }
                 } else {
                     let stream = &mut self.streams[token];
-                    drive_stream(stream, self.nonce, &mut self.seen, Some(&sent_at));
+                    let sent = Sent {
+                        pings: &sent_at,
+                        leaves: &left_at,
+                    };
+                    drive_stream(stream, self.nonce, &mut self.seen, Some(&sent));
                 }
             }
         }

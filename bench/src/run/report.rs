@@ -67,6 +67,29 @@ pub(super) fn report(
         seen.repeated,
         seen.unexpected
     );
+    let mut offline = seen.offline.clone();
+    if o.leave || o.expire_secs > 0 {
+        let from = if o.leave {
+            "the leave"
+        } else {
+            "the ping plus the TTL"
+        };
+        println!(
+            "leaves: {} sent, {} errors; offline events: {} received of {} expected; {} \
+             repeated; {} unexpected; latency from {from}: {}",
+            pings.leaves,
+            pings.leave_errors,
+            offline.len(),
+            pings.offline_expected,
+            seen.offline_repeated,
+            seen.offline_unexpected,
+            summary(&mut offline)
+        );
+        println!("result offline_expected={}", pings.offline_expected);
+        println!("result offline_received={}", offline.len());
+        println!("result offline_repeated={}", seen.offline_repeated);
+        println!("result offline_p99_us={}", percentile(&mut offline, 0.99));
+    }
     if let Some(probe) = pings.probe {
         println!(
             "probe: a new stream of {} users had all their cached pings {:.2?} after its request",
@@ -118,6 +141,10 @@ pub(super) fn report(
         || (delivery.len() as u64) < expected
         || seen.repeated > 0
         || (o.probe_users > 0 && pings.probe.is_none())
+        || (offline.len() as u64) < pings.offline_expected
+        || seen.offline_repeated > 0
+        || seen.offline_unexpected > 0
+        || pings.leave_errors > 0
     {
         return Err(
             "streams refused, pings failed, deliveries lost or repeated, or the probe \
@@ -137,6 +164,11 @@ pub(super) struct Seen {
     pub(super) unexpected: u64,
     /// Events of this run that a stream had already received.
     pub(super) repeated: u64,
+    /// The latency of every offline event of this run (from its user's leave), in
+    /// microseconds; offline events a stream had already received; and those of no leave.
+    pub(super) offline: Vec<u32>,
+    pub(super) offline_repeated: u64,
+    pub(super) offline_unexpected: u64,
 }
 
 /// The delivery p99 of the pings sent in each second of the run, in microseconds, to show

@@ -22,6 +22,8 @@ pub(super) struct Stream {
     /// Events read, and the pings of this run among them (to find repeats).
     pub(super) events: usize,
     pub(super) pings: HashSet<u32>,
+    /// The users whose offline event of this run it read (each user leaves once).
+    pub(super) offline: HashSet<u32>,
 }
 
 impl Stream {
@@ -34,6 +36,7 @@ impl Stream {
             buf: Vec::new(),
             events: 0,
             pings: HashSet::new(),
+            offline: HashSet::new(),
         }
     }
 
@@ -57,9 +60,19 @@ impl Stream {
 pub(super) struct Pinger {
     pub(super) socket: TcpStream,
     pub(super) connected: bool,
-    /// The ping in flight: its number and when it was written.
+    /// The request in flight: its number (a ping's, or [`LEAVE`] and the user's for a leave)
+    /// and when it was written.
     pub(super) in_flight: Option<(u64, Instant)>,
     pub(super) buf: Vec<u8>,
+}
+
+/// Marks a leave's number in [`Pinger::in_flight`].
+pub(super) const LEAVE: u64 = 1 << 63;
+
+/// When each ping (by number) and each user's leave (by user) of this run was sent.
+pub(super) struct Sent<'a> {
+    pub(super) pings: &'a [Option<Instant>],
+    pub(super) leaves: &'a [Option<Instant>],
 }
 
 pub(super) const PINGER_BASE: usize = 1 << 30;
@@ -73,12 +86,12 @@ pub(super) enum StreamState {
 }
 
 /// Advances a stream: sends its request once connected, reads its head, then its events.
-/// With `sent_at`, records the delivery latency of every event of this run.
+/// With `sent`, records the delivery latency of every event of this run.
 pub(super) fn drive_stream(
     stream: &mut Stream,
     nonce: u32,
     seen: &mut Seen,
-    sent_at: Option<&[Option<Instant>]>,
+    sent: Option<&Sent>,
 ) -> StreamState {
     if stream.requested_at.is_none() {
         if stream.socket.peer_addr().is_err() {
@@ -135,7 +148,12 @@ pub(super) fn drive_stream(
             continue; // a keepalive
         }
         stream.events += 1;
-        let Some(sent_at) = sent_at else { continue };
+        let Some(sent) = sent else { continue };
+        if find(&block, b"event: offline").is_some() {
+            offline(stream, nonce, seen, sent.leaves, &block, now);
+            continue;
+        }
+        let sent_at = sent.pings;
         let Some(at) = find(&block, b"\"status\":\"b") else {
             continue;
         };
@@ -160,8 +178,36 @@ pub(super) fn drive_stream(
     state
 }
 
-/// Reads complete ping replies: (answered 200, latency in microseconds).
-pub(super) fn read_ping_replies(pinger: &mut Pinger) -> Result<Vec<(bool, u32)>, String> {
+/// Records an offline event of `stream`: its user's, from the data or the stream's one user;
+/// its latency from that user's leave.
+fn offline(
+    stream: &mut Stream,
+    nonce: u32,
+    seen: &mut Seen,
+    leaves: &[Option<Instant>],
+    block: &[u8],
+    now: Instant,
+) {
+    let prefix = format!("\"user\":\"bench{nonce}-");
+    let user = match &stream.users[..] {
+        [one] => Some(*one),
+        _ => find(block, prefix.as_bytes()).and_then(|at| {
+            let rest = String::from_utf8_lossy(&block[at + prefix.len()..]).into_owned();
+            rest.split('"').next()?.parse().ok()
+        }),
+    };
+    match user.and_then(|u| Some((u, leaves.get(u).copied().flatten()?))) {
+        Some((user, _)) if !stream.offline.insert(user as u32) => seen.offline_repeated += 1,
+        Some((_, left)) => {
+            let latency = now.saturating_duration_since(left).as_micros() as u32;
+            seen.offline.push(latency);
+        }
+        None => seen.offline_unexpected += 1,
+    }
+}
+
+/// Reads complete replies: (answered 200, latency in microseconds, a leave's).
+pub(super) fn read_ping_replies(pinger: &mut Pinger) -> Result<Vec<(bool, u32, bool)>, String> {
     let mut chunk = [0u8; 4096];
     loop {
         match pinger.socket.read(&mut chunk) {
@@ -185,8 +231,9 @@ pub(super) fn read_ping_replies(pinger: &mut Pinger) -> Result<Vec<(bool, u32)>,
         }
         let ok = head.starts_with("http/1.1 200");
         pinger.buf.drain(..end + 4 + length);
-        if let Some((_, written)) = pinger.in_flight.take() {
-            replies.push((ok, written.elapsed().as_micros() as u32));
+        if let Some((number, written)) = pinger.in_flight.take() {
+            let leave = number & LEAVE != 0;
+            replies.push((ok, written.elapsed().as_micros() as u32, leave));
         }
     }
     Ok(replies)

@@ -1,13 +1,15 @@
 //! What heartbeat writes in Redis, in one place: key and channel names under the prefix, the
 //! message format on the channels, and the arguments of the record script ([`script`]).
 //!
-//! Each user has a presence hash `<prefix>last:<user>` with the last visible ping (`seq`,
-//! `time`, `status`), when that presence expires (`expires`, microseconds) and, while the user
-//! is offline by a leave or by going invisible, the offline event's id (`off`); a devices hash
-//! `<prefix>dev:<user>` with `"<at> <status>"` (at in microseconds) by device; and a channel
+//! Each user has a hash `<prefix>last:<user>` with the presence in one field `p`,
+//! `"<seq> <time> <expires> <status>"` (the last visible ping, and when it expires, in
+//! microseconds), while the user is offline by a leave or by going invisible the offline
+//! event's id (`off`), and each device as a field `d:<device>` holding `"<at> <status>"` (at in
+//! microseconds); a hash from before presence has `seq`, `time` and `status` instead, read as
+//! live for the device TTL after `time` and rewritten by the next ping. And a channel
 //! `<prefix>ping:<user>` whose messages are `"p <seq> <time> <expires> <status>"` (a visible
 //! presence) or `"o <id> <time>"` (offline). On a Redis Cluster the user in every name is a
-//! hash tag, `{u:<user>}`, so the hashes and the shard channel are in the same slot (the `u:`
+//! hash tag, `{u:<user>}`, so the hash and the shard channel are in the same slot (the `u:`
 //! keeps the tag from being empty, and thus ignored, for an id that begins with `}`).
 //!
 //! [`script`]: super::script
@@ -41,14 +43,10 @@ impl Keys {
         }
     }
 
-    /// The hash holding the user's presence: the last visible ping, and how it ends.
+    /// The hash holding the user's presence (the last visible ping, and how it ends) and
+    /// devices.
     pub fn last(&self, user: &str) -> String {
         self.name("last:", user)
-    }
-
-    /// The hash holding the user's devices and their last pings.
-    pub fn devices(&self, user: &str) -> String {
-        self.name("dev:", user)
     }
 
     /// The channel the user's pings are published on.
@@ -97,32 +95,47 @@ impl Keys {
     pub fn add_last_read(&self, pipe: &mut redis::Pipeline, user: &str) {
         pipe.cmd("HMGET")
             .arg(self.last(user))
-            .arg(&["seq", "time", "status", "expires", "off"]);
+            .arg(&["p", "off", "seq", "time", "status"]);
     }
 }
 
-/// The reply to one [`Keys::add_last_read`]: `seq`, `time`, `status`, `expires`, `off`.
+/// The reply to one [`Keys::add_last_read`]: `p`, `off`, and a hash's from before presence,
+/// `seq`, `time`, `status`.
 pub type LastRow = (
-    Option<u64>,
-    Option<u64>,
     Option<String>,
     Option<u64>,
     Option<u64>,
+    Option<u64>,
+    Option<String>,
 );
 
 /// The presence in a [`LastRow`], if the user has one. A hash written before presence has no
-/// `expires`: its ping is live for `ttl_micros`, as a device's.
+/// expiry: its ping is live for `ttl_micros`, as a device's.
 pub fn parse_last(row: LastRow, ttl_micros: u64) -> Option<Presence> {
-    let (seq, time, status, expires, off) = row;
-    let time = time.unwrap_or(0);
+    let (packed, off, seq, time, status) = row;
+    let (ping, expires) = match packed {
+        Some(packed) => {
+            let mut parts = packed.splitn(4, ' ');
+            let seq = parts.next()?.parse().ok()?;
+            let time = parts.next()?.parse().ok()?;
+            let expires = parts.next()?.parse().ok()?;
+            let status = parts.next()?.to_owned();
+            (LastPing { seq, time, status }, expires)
+        }
+        None => {
+            let time = time.unwrap_or(0);
+            let status = status.unwrap_or_default();
+            let ping = LastPing {
+                seq: seq?,
+                time,
+                status,
+            };
+            (ping, time * 1_000_000 + ttl_micros)
+        }
+    };
     let state = match off {
         Some(id) => State::Offline(id),
-        None => State::Until(expires.unwrap_or(time * 1_000_000 + ttl_micros)),
-    };
-    let ping = LastPing {
-        seq: seq?,
-        time,
-        status: status.unwrap_or_default(),
+        None => State::Until(expires),
     };
     Some(Presence { ping, state })
 }
@@ -155,13 +168,14 @@ pub fn parse_message(payload: &str) -> Option<Update> {
 #[derive(Debug)]
 pub struct Record {
     last: String,
-    devices: String,
     channel: String,
     publish: &'static str,
     device: String,
     /// `None` for a leave.
     status: Option<String>,
     now_micros: u64,
+    /// When the presence expires if this device is the newest: now plus the device TTL.
+    expires_micros: u64,
 }
 
 impl Record {
@@ -171,15 +185,16 @@ impl Record {
         device: &str,
         status: Option<&str>,
         now_micros: u64,
+        ttl_micros: u64,
     ) -> Record {
         Record {
             last: keys.last(user),
-            devices: keys.devices(user),
             channel: keys.channel(user),
             publish: keys.publish_command(),
             device: device.to_owned(),
             status: status.map(str::to_owned),
             now_micros,
+            expires_micros: now_micros + ttl_micros,
         }
     }
 
@@ -188,15 +203,16 @@ impl Record {
     pub fn add_to(&self, pipe: &mut redis::Pipeline, sha: &str) {
         pipe.cmd("EVALSHA")
             .arg(sha)
-            .arg(2)
+            .arg(1)
             .arg(&self.last)
-            .arg(&self.devices)
             .arg(self.now_micros)
-            .arg(&self.device)
+            .arg(format!("d:{}", self.device))
             .arg(self.status.as_deref().unwrap_or(""))
             .arg(&self.channel)
             .arg(self.publish)
-            .arg(if self.status.is_some() { "0" } else { "1" });
+            .arg(if self.status.is_some() { "0" } else { "1" })
+            .arg(self.now_micros / 1_000_000)
+            .arg(self.expires_micros);
     }
 
     /// The user's hash, which decides the node a cluster runs the call on.
@@ -260,7 +276,10 @@ mod tests {
 
     #[test]
     fn a_stored_presence_is_online_until_it_expires_or_offline_by_its_event() {
-        let row = |expires, off| (Some(5), Some(100), Some("1".to_owned()), expires, off);
+        let row = |expires: Option<u64>, off| match expires {
+            Some(e) => (Some(format!("5 100 {e} 1")), off, None, None, None),
+            None => (None, off, Some(5), Some(100), Some("1".to_owned())),
+        };
         let ping = LastPing {
             seq: 5,
             time: 100,
@@ -285,6 +304,10 @@ mod tests {
             State::Until(130_000_000)
         );
         assert_eq!(parse_last((None, None, None, None, None), 1), None);
+        assert_eq!(
+            parse_last((Some("5 x".into()), None, None, None, None), 1),
+            None
+        );
     }
 
     #[test]
@@ -295,6 +318,7 @@ mod tests {
             "phone",
             Some("busy"),
             1_700_000_000_123_456,
+            60_000_000,
         );
         let mut pipe = redis::pipe();
         record.add_to(&mut pipe, "sha");
@@ -308,15 +332,16 @@ mod tests {
             [
                 "EVALSHA",
                 "sha",
-                "2",
+                "1",
                 "hb:last:u",
-                "hb:dev:u",
                 "1700000000123456",
-                "phone",
+                "d:phone",
                 "busy",
                 "hb:ping:u",
                 "PUBLISH",
-                "0"
+                "0",
+                "1700000000",
+                "1700000060123456"
             ]
         );
     }
@@ -326,14 +351,11 @@ mod tests {
         use super::super::slot::slot;
         let keys = Keys::cluster("hb:");
         assert_eq!(keys.last("alice"), "hb:last:{u:alice}");
-        assert_eq!(keys.devices("alice"), "hb:dev:{u:alice}");
         assert_eq!(keys.channel("alice"), "hb:ping:{u:alice}");
         assert_eq!(keys.publish_command(), "SPUBLISH");
         for user in ["alice", "}", "}x", "a}b", "{", "{x}", "u 1", "\u{e9}"] {
             let (last, channel) = (keys.last(user), keys.channel(user));
             assert_eq!(slot(last.as_bytes()), slot(channel.as_bytes()), "{user:?}");
-            let devices = keys.devices(user);
-            assert_eq!(slot(last.as_bytes()), slot(devices.as_bytes()), "{user:?}");
             assert_eq!(keys.user_of_channel(&channel), Some(user));
         }
         assert_ne!(

@@ -2,13 +2,17 @@
 //! the presence rules of [`presence`](crate::presence) applied atomically where the data is,
 //! so instances never disagree about a user.
 //!
-//! KEYS: the user's presence hash and devices hash (one slot on a cluster). ARGV: now (UTC
-//! epoch microseconds), the device, the status, the channel, the publishing command
-//! (`PUBLISH`, or `SPUBLISH` on a cluster), and `1` for a leave. Replies with the id of what it
-//! published, or nil when nothing a watcher can see changed (an invisible user's pings).
+//! KEYS: the user's hash, which holds the presence and, as `d:<device>` fields, the devices.
+//! ARGV: now (UTC epoch microseconds), `d:<device>`, the status, the channel, the publishing
+//! command (`PUBLISH`, or `SPUBLISH` on a cluster), `1` for a leave, and for the common case
+//! (the pinging device is the newest) now in seconds and the expiry in microseconds, as text:
+//! a ping then reads and writes the hash once each and formats no number. Replies with the id
+//! of what it published, or nil when nothing a watcher can see changed (an invisible user's
+//! pings).
 //!
 //! The rules are written into the script's text at start (the TTL, the device limit, the rank
-//! of each status and the invisible ones), so a call parses nothing but its arguments; every
+//! of each status and the invisible ones, as comparisons), so a call parses nothing but its
+//! arguments and the user's fields, in one pass; every
 //! instance on one Redis must run with the same rules. Microseconds since 1970 fit exactly in
 //! a Lua number (a double) until the year 2255.
 
@@ -17,54 +21,59 @@ use redis::Script;
 use crate::presence::Rules;
 
 const TEMPLATE: &str = r"
-local TTL, MAX, UNLISTED = @TTL, @MAX, @UNLISTED
-local RANK = {@RANK}
-local INVISIBLE = {@INVISIBLE}
-local now, device, status = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+local TTL, MAX = @TTL, @MAX
+local now, me, status = tonumber(ARGV[1]), ARGV[2], ARGV[3]
 local leaving = ARGV[6] == '1'
-local flat = redis.call('HGETALL', KEYS[2])
-local live = {}
-for i = 1, #flat, 2 do
-  local at, st = string.match(flat[i + 1], '^(%d+) (.*)$')
-  at = tonumber(at)
-  if flat[i] ~= device then
-    if at and at + TTL > now then
-      live[#live + 1] = {flat[i], at, st}
-    else
-      redis.call('HDEL', KEYS[2], flat[i])
+local flat = redis.call('HGETALL', KEYS[1])
+local seq, time_was, expires_was, status_was, off, legacy
+local hidden, best, best_rank, best_at, newest, others, oldest, oldest_at, gone
+local evicted = nil
+for pass = 1, 2 do
+  hidden, best, best_rank, best_at, newest, others, oldest, oldest_at = false, nil, 0, 0, 0, 0, nil, 0
+  if not leaving then
+    local st, at = status, now
+    @VISIT
+  end
+  for i = 1, #flat, 2 do
+    local k = flat[i]
+    if k == me or k == evicted then
+    elseif k == 'p' then
+      local a, b, c, d = string.match(flat[i + 1], '^(%d+) (%d+) (%d+) (.*)$')
+      seq, time_was, expires_was, status_was = tonumber(a), b, tonumber(c), d
+    elseif k == 'off' then
+      off = tonumber(flat[i + 1])
+    elseif string.byte(k, 1) == 100 and string.byte(k, 2) == 58 then
+      local at, st = string.match(flat[i + 1], '^(%d+) (.*)$')
+      at = tonumber(at)
+      if at + TTL > now then
+        others = others + 1
+        if oldest == nil or at < oldest_at then oldest, oldest_at = k, at end
+        @VISIT
+      elseif pass == 1 then
+        gone = gone or {}
+        gone[#gone + 1] = k
+      end
+    elseif (k == 'seq' or k == 'time' or k == 'status') and pass == 1 then
+      legacy = legacy or {}
+      legacy[k] = flat[i + 1]
+      gone = gone or {}
+      gone[#gone + 1] = k
     end
   end
+  if pass == 2 or leaving or others < MAX then break end
+  evicted = oldest
+  gone = gone or {}
+  gone[#gone + 1] = evicted
 end
 if leaving then
-  redis.call('HDEL', KEYS[2], device)
-else
-  if #live >= MAX then
-    local oldest = 1
-    for i = 2, #live do
-      if live[i][2] < live[oldest][2] then oldest = i end
-    end
-    redis.call('HDEL', KEYS[2], live[oldest][1])
-    table.remove(live, oldest)
-  end
-  live[#live + 1] = {device, now, status}
-  redis.call('HSET', KEYS[2], device, ARGV[1] .. ' ' .. status)
+  gone = gone or {}
+  gone[#gone + 1] = me
 end
-local hidden, best, best_rank, best_at, newest = false, nil, 0, 0, 0
-for _, d in ipairs(live) do
-  if INVISIBLE[d[3]] then
-    hidden = true
-  else
-    local rank = RANK[d[3]] or UNLISTED
-    if best == nil or rank < best_rank or (rank == best_rank and d[2] > best_at) then
-      best, best_rank, best_at = d[3], rank, d[2]
-    end
-    if d[2] > newest then newest = d[2] end
-  end
+if not seq and legacy and legacy.seq then
+  seq, time_was, status_was = tonumber(legacy.seq), legacy.time or '0', legacy.status or ''
+  expires_was = tonumber(time_was) * 1000000 + TTL
 end
 if hidden then best = nil end
-local h = redis.call('HMGET', KEYS[1], 'seq', 'time', 'status', 'expires', 'off')
-local seq, expires_was, off = tonumber(h[1]), tonumber(h[4]), tonumber(h[5])
-if seq and not expires_was then expires_was = tonumber(h[2]) * 1000000 + TTL end
 local floor = 0
 if seq then
   floor = seq + 1
@@ -74,23 +83,47 @@ if seq then
     floor = math.max(seq, expires_was) + 1
   end
 end
-local id = string.format('%d', math.max(floor, now))
+local id = ARGV[1]
+if floor > now then id = string.format('%d', floor) end
+local message, presence
 if best == nil then
   if seq and not off and expires_was > now then
-    redis.call('HSET', KEYS[1], 'off', id)
-    redis.call(ARGV[5], ARGV[4], 'o ' .. id .. ' ' .. h[2])
-    return id
+    message = 'o ' .. id .. ' ' .. time_was
   end
-  return false
+else
+  local expires = newest + TTL
+  if not (leaving and not off and status_was == best and expires_was == expires) then
+    local time, until_ = ARGV[7], ARGV[8]
+    if newest ~= now then
+      time = string.format('%d', math.floor(newest / 1000000))
+      until_ = string.format('%d', expires)
+    end
+    presence = id .. ' ' .. time .. ' ' .. until_ .. ' ' .. best
+    message = 'p ' .. presence
+    if off then
+      gone = gone or {}
+      gone[#gone + 1] = 'off'
+    end
+  end
 end
-local expires = newest + TTL
-if leaving and not off and h[3] == best and expires_was == expires then return false end
-local time = string.format('%d', math.floor(newest / 1000000))
-local until_ = string.format('%d', expires)
-redis.call('HSET', KEYS[1], 'seq', id, 'time', time, 'status', best, 'expires', until_)
-if off then redis.call('HDEL', KEYS[1], 'off') end
-redis.call(ARGV[5], ARGV[4], 'p ' .. id .. ' ' .. time .. ' ' .. until_ .. ' ' .. best)
-return id
+if gone then redis.call('HDEL', KEYS[1], unpack(gone)) end
+local device = ARGV[1] .. ' ' .. status
+if presence and not leaving then
+  redis.call('HSET', KEYS[1], me, device, 'p', presence)
+elseif presence then
+  redis.call('HSET', KEYS[1], 'p', presence)
+elseif message and not leaving then
+  redis.call('HSET', KEYS[1], me, device, 'off', id)
+elseif message then
+  redis.call('HSET', KEYS[1], 'off', id)
+elseif not leaving then
+  redis.call('HSET', KEYS[1], me, device)
+end
+if message then
+  redis.call(ARGV[5], ARGV[4], message)
+  return id
+end
+return false
 ";
 
 /// The record script for a set of rules: its text, to load, and its SHA1, to call.
@@ -102,18 +135,30 @@ pub struct RecordScript {
 
 impl RecordScript {
     pub fn new(rules: &Rules) -> RecordScript {
-        let rank: Vec<String> = (rules.priority.iter().enumerate())
-            .map(|(i, status)| format!("[{}]={i}", lua_string(status)))
+        // The rank and the invisibility of a status as comparisons, not tables: a table
+        // constructor would run on every call.
+        let rank_of: Vec<String> = (rules.priority.iter().enumerate())
+            .map(|(i, status)| format!("if st == {} then rank = {i} end", lua_string(status)))
             .collect();
-        let invisible: Vec<String> = (rules.invisible.iter())
-            .map(|status| format!("[{}]=true", lua_string(status)))
+        let hide_if: Vec<String> = (rules.invisible.iter())
+            .map(|status| format!("if st == {} then hidden = true end", lua_string(status)))
             .collect();
+        // One device's turn in the merge: written out where it is needed, so a call makes
+        // no closure.
+        let visit = format!(
+            "local rank = {unlisted}\n{rank_of}\n{hide_if}\n\
+             if best == nil or rank < best_rank or (rank == best_rank and at > best_at) then\n\
+             best, best_rank, best_at = st, rank, at\n\
+             end\n\
+             if at > newest then newest = at end",
+            unlisted = rules.priority.len(),
+            rank_of = rank_of.join("\n"),
+            hide_if = hide_if.join("\n"),
+        );
         let text = TEMPLATE
             .replace("@TTL", &rules.ttl_micros().to_string())
             .replace("@MAX", &rules.max_devices.max(1).to_string())
-            .replace("@UNLISTED", &rules.priority.len().to_string())
-            .replace("@RANK", &rank.join(","))
-            .replace("@INVISIBLE", &invisible.join(","));
+            .replace("@VISIT", &visit);
         let sha = Script::new(&text).get_hash().to_owned();
         RecordScript { text, sha }
     }
@@ -144,17 +189,16 @@ mod tests {
             invisible: vec!["3".into()],
         };
         let script = RecordScript::new(&rules);
-        assert!(
-            script
-                .text
-                .contains("local TTL, MAX, UNLISTED = 60000000, 16, 2\n")
+        let text = &script.text;
+        assert!(text.contains("local TTL, MAX = 60000000, 16\n"));
+        assert_eq!(
+            text.matches("local rank = 2\n").count(),
+            2,
+            "the visit, twice"
         );
-        assert!(
-            script
-                .text
-                .contains(r#"local RANK = {["\50"]=0,["\97\34\93"]=1}"#)
-        );
-        assert!(script.text.contains(r#"local INVISIBLE = {["\51"]=true}"#));
+        assert!(text.contains(r#"if st == "\50" then rank = 0 end"#));
+        assert!(text.contains(r#"if st == "\97\34\93" then rank = 1 end"#));
+        assert!(text.contains(r#"if st == "\51" then hidden = true end"#));
         assert!(!script.text.contains('@'));
         assert_eq!(script.sha.len(), 40);
         assert_ne!(script.sha, RecordScript::new(&Rules::default()).sha);

@@ -147,7 +147,14 @@ impl Store for ClusterStore {
         status: Option<&str>,
         now_micros: u64,
     ) -> Result<Option<u64>, StoreError> {
-        let record = Record::new(&self.keys, user, device, status, now_micros);
+        let record = Record::new(
+            &self.keys,
+            user,
+            device,
+            status,
+            now_micros,
+            self.ttl_micros,
+        );
         self.writers.record(record, self.timeout)
     }
 

@@ -343,7 +343,14 @@ mod tests {
 
     /// A ping through the writers: the id its script call answered (nil is none).
     fn ping(writers: &Writers) -> Result<u64, StoreError> {
-        let record = Record::new(&Keys::cluster("hb:"), "alice", "phone", Some("1"), 1);
+        let record = Record::new(
+            &Keys::cluster("hb:"),
+            "alice",
+            "phone",
+            Some("1"),
+            1,
+            60_000_000,
+        );
         let id = writers.record(record, Duration::from_secs(2))?;
         Ok(id.unwrap_or(0))
     }
