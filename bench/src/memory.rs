@@ -49,10 +49,11 @@ pub fn presence_memory(users: usize) -> Result<(), String> {
             time: 1,
             status: "0".into(),
         };
-        // Distinct times, as users' pings are.
+        // Expiries spread over a minute, as users' pings at a 60 s DEVICE_TTL_SECS are.
+        let spread = 60_000_000 * i as u64 / users as u64;
         let update = Update::Online {
             ping,
-            expires: expires + i as u64,
+            expires: expires + spread,
         };
         hub.publish_update(user, &update);
         while subscriber.wait(began).is_ok() {} // the event itself is not the timer's
@@ -61,8 +62,9 @@ pub fn presence_memory(users: usize) -> Result<(), String> {
     let per_user = |bytes: isize| bytes as f64 / users as f64;
     println!(
         "{users} watched users: the hub holds {:.1} bytes per user for them; their pending \
-         expiries add {:.1} bytes per user (the ordered set), beside the {} bytes per user \
-         of what the hub knows of each presence, inside each user's entry",
+         expiries (spread over a minute) add {:.1} bytes per user (the calendar of buckets), \
+         beside the {} bytes per user of what the hub knows of each presence, inside each \
+         user's entry",
         per_user(watched),
         per_user(timers),
         Hub::KNOWN_BYTES,

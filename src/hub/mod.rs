@@ -173,7 +173,7 @@ impl Inner {
     /// Removes `user`, who has no subscriber left.
     fn forget(&mut self, user: &str) {
         if let Some((name, mut watched)) = self.users.remove_entry(user) {
-            self.expiries.cancel(&name, &mut watched.known);
+            self.cancel_expiry(&mut watched.known);
             self.changed(name);
         }
     }
