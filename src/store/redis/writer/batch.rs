@@ -59,7 +59,7 @@ impl Writer {
             // A stop message ends the batch: the one behind it is another writer's.
             while let Some(message) = next {
                 match message {
-                    Message::Job(job) => batch.push(job),
+                    Message::Job(job) => batch.push(*job),
                     Message::Stop => {
                         stopping = true;
                         break;
