@@ -21,9 +21,10 @@ struct PingBody {
     status: String,
 }
 
-/// A user's last ping. `seq` is above the user's previous one and never below the clock in
-/// microseconds ([`next_seq`](crate::store::next_seq)), so it orders pings of one user even
-/// across instances whose clocks differ, and it is the event's id.
+/// A user's last ping. `seq` is above every id the user's watchers may have seen and never below
+/// the clock in microseconds (the rule of [`Devices`](crate::presence::Devices) and the record
+/// script), so it orders pings of one user even across instances whose clocks differ, and it
+/// is the event's id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LastPing {
     pub seq: u64,

@@ -1,10 +1,10 @@
 //! The Redis store: last pings in hashes, delivery by `PUBLISH`.
 //!
-//! Parts, none of which imports this file: [`schema`] (keys, channels, messages and the
-//! store-and-publish script), [`connect`] (connections under a deadline), [`pool`] (cached
-//! reads and health checks), [`writer`] (the pipelining `redis-writer` threads that store
-//! pings) and [`feed`] (the `redis-psubscribe` thread that brings every instance's pings to
-//! the local hub). This file ties them into a [`Store`].
+//! Parts, none of which imports this file: [`schema`] (keys, channels, messages and the record
+//! script's arguments), [`script`] (the record script), [`connect`] (connections under a
+//! deadline), [`pool`] (cached reads and health checks), [`writer`] (the pipelining
+//! `redis-writer` threads that store pings) and [`feed`] (the `redis-psubscribe` thread that
+//! brings every instance's pings to the local hub). This file ties them into a [`Store`].
 
 pub mod cluster;
 mod connect;
@@ -24,6 +24,7 @@ use redis::RedisError;
 use self::feed::{Feed, FeedState};
 use self::node::{Node, OneNode};
 use self::schema::{Keys, LastRow, Record, parse_last};
+use self::script::RecordScript;
 use self::writer::Writers;
 use super::cached::CachedReads;
 use super::{Kind, Store, StoreError, Unhealthy};
@@ -69,7 +70,10 @@ impl RedisStore {
     ) -> Result<(RedisStore, Worker), RedisError> {
         let node = Arc::new(Node::new(url, url, options.pool_size, options.timeout)?);
         let router = Arc::new(OneNode(Arc::clone(&node)));
-        let (writers, worker) = Writers::start(router, &[Arc::clone(&node)], options, &metrics)?;
+        let script = RecordScript::new(&options.presence);
+        let nodes = [Arc::clone(&node)];
+        let (writers, worker) =
+            Writers::start(router, &nodes, options.wait_replicas, script, &metrics)?;
         let store = RedisStore {
             node,
             keys: Keys::new(&options.key_prefix),

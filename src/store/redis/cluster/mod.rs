@@ -18,6 +18,7 @@ use self::topology::Topology;
 use super::RedisOptions;
 use super::node::{Node, Redirect, Router};
 use super::schema::{Keys, LastRow, Record, parse_last};
+use super::script::RecordScript;
 use super::writer::Writers;
 use crate::config::ClusterSeeds;
 use crate::hub::Hub;
@@ -56,7 +57,9 @@ impl ClusterStore {
     ) -> Result<(ClusterStore, Worker), RedisError> {
         let (topology, wake) = Topology::new(seeds.clone(), options.pool_size, options.timeout);
         let router: Arc<dyn Router> = topology.clone();
-        let (writers, worker) = Writers::start(router, &[], options, &metrics)?;
+        let script = RecordScript::new(&options.presence);
+        let (writers, worker) =
+            Writers::start(router, &[], options.wait_replicas, script, &metrics)?;
         let store = ClusterStore {
             keys: Keys::cluster(&options.key_prefix),
             topology,

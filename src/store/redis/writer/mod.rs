@@ -37,7 +37,6 @@ use redis::{RedisError, Value};
 
 use self::batch::Writer;
 use self::link::NodeLink;
-use super::RedisOptions;
 use super::node::{Node, Router};
 use super::schema::Record;
 use super::script::RecordScript;
@@ -119,20 +118,13 @@ impl Writers {
     pub fn start(
         router: Arc<dyn Router>,
         nodes: &[Arc<Node>],
-        options: &RedisOptions,
+        wait_replicas: u32,
+        script: RecordScript,
         metrics: &Arc<Metrics>,
     ) -> std::io::Result<(Writers, Worker)> {
         let connect: Arc<Connect> = Arc::new(|node| Box::new(NodeLink::new(node)));
-        let script = RecordScript::new(&options.presence);
         let metrics = Arc::clone(metrics);
-        Writers::start_with(
-            router,
-            nodes,
-            options.wait_replicas,
-            metrics,
-            script,
-            connect,
-        )
+        Writers::start_with(router, nodes, wait_replicas, metrics, script, connect)
     }
 
     /// Like [`Writers::start`], running `script` through what `connect` makes.
