@@ -13,6 +13,7 @@
 
 pub mod budget;
 pub mod config;
+pub mod flood;
 pub mod futex;
 pub mod hangup;
 pub mod healthcheck;
@@ -48,6 +49,29 @@ use crate::store::redis::cluster::ClusterStore;
 use crate::store::redis::{RedisOptions, RedisStore};
 use crate::stream::{Streams, Writing};
 use crate::worker::Worker;
+
+/// Says who may watch whom, and the flood limits, at start.
+fn log_watching(config: &Config) {
+    let pings = match config.max_pings_per_minute {
+        Some(n) => format!("at most {n} pings a minute per device"),
+        None => "no limit on pings".into(),
+    };
+    match config.watch_policy {
+        config::WatchPolicy::Open => log::warn!(
+            "WATCH_POLICY=open: any caller that reaches this port may watch any user and read \
+             their last-seen; set claimed or contacts to decide who may ({pings})"
+        ),
+        policy => log::info!(
+            "WATCH_POLICY={}: watchers are claimed, with at most {} streams each; streams end \
+             after {}; {pings}",
+            policy.name(),
+            config.max_streams_per_watcher,
+            config
+                .max_stream
+                .map_or("never".into(), |d| format!("{} s", d.as_secs())),
+        ),
+    }
+}
 
 /// Why the service could not start, or did not stop cleanly.
 #[derive(Debug)]
@@ -184,6 +208,9 @@ pub fn run() -> Result<(), Error> {
                 limits: config.limits,
                 cors: config.cors.clone(),
                 trusted: config.trusted_proxies.clone(),
+                policy: config.watch_policy,
+                ping_rate: config.max_pings_per_minute.map(flood::PingRate::new),
+                watcher_streams: flood::WatcherStreams::new(config.max_streams_per_watcher),
             },
             streams,
             metrics,
@@ -207,6 +234,7 @@ pub fn run() -> Result<(), Error> {
     } else {
         log::info!("X-User-Claim accepted from {}", config.trusted_proxies);
     }
+    log_watching(&config);
     workers.push(signal_worker(server.stopper())?);
     log::info!(
         "heartbeat {} listening on {addr}; budget {budget}; {futex_hash}; ready in {:?}",

@@ -11,6 +11,7 @@ use parking_lot::{Condvar, Mutex};
 
 use socket2::SockRef;
 
+use crate::flood::StreamSlot;
 use crate::hangup::Hangups;
 use crate::http::{DeadlineWriter, EventStream};
 use crate::hub::{End, Hub, Subscriber, WaitError};
@@ -31,6 +32,8 @@ pub struct Subscribe {
     pub after: u64,
     /// Headers for the stream's response head (CORS).
     pub headers: Vec<(&'static str, String)>,
+    /// The watcher's count of streams, held for the stream's life (`claimed` and `contacts`).
+    pub slot: Option<StreamSlot>,
 }
 
 /// Which route a stream came by, and so the shape of its events' data.
@@ -294,6 +297,7 @@ mod tests {
             client: None,
             after,
             headers: Vec::new(),
+            slot: None,
         }
     }
 

@@ -5,7 +5,8 @@
 
 use std::sync::{Arc, OnceLock};
 
-use heartbeat::config::{Cors, Limits, TrustedProxies};
+use heartbeat::config::{Cors, Limits, TrustedProxies, WatchPolicy};
+use heartbeat::flood::{PingRate, WatcherStreams};
 use heartbeat::http::Request;
 use heartbeat::hub::Hub;
 use heartbeat::presence::Rules;
@@ -36,6 +37,10 @@ fn routes() -> &'static Routes {
         limits: small_limits(),
         cors: Cors::Any,
         trusted: TrustedProxies::default(),
+        // Watchers claimed, and small limits, so that 401s and 429s are fuzzed too.
+        policy: WatchPolicy::Claimed,
+        ping_rate: Some(PingRate::new(3)),
+        watcher_streams: WatcherStreams::new(2),
     })
 }
 

@@ -1,7 +1,80 @@
-//! Who may call: the browser origins allowed by CORS (`CORS_ORIGINS`) and the peers whose
-//! `X-User-Claim` is believed (`TRUSTED_PROXIES`).
+//! Who may call: the browser origins allowed by CORS (`CORS_ORIGINS`), the peers whose
+//! `X-User-Claim` is believed (`TRUSTED_PROXIES`), and who may watch whom (`WATCH_POLICY`).
 
 use std::fmt;
+use std::time::Duration;
+
+use super::{CONTACTS_MAX_STREAM_SECS, ConfigError, StoreConfig, Vars};
+
+/// Who may watch whom: open a stream of a user, or read their `/status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchPolicy {
+    /// Anyone who reaches the port may watch anyone.
+    Open,
+    /// The watcher must be claimed (`X-User-Claim` from a trusted peer); then anyone.
+    Claimed,
+    /// Claimed, and the watched user's set `<prefix>watchers:<user>`, kept by the app, must
+    /// hold the watcher (or `*`); a user may always watch themself.
+    Contacts,
+}
+
+impl WatchPolicy {
+    pub fn name(self) -> &'static str {
+        match self {
+            WatchPolicy::Open => "open",
+            WatchPolicy::Claimed => "claimed",
+            WatchPolicy::Contacts => "contacts",
+        }
+    }
+}
+
+const WATCH_POLICY_EXPECTED: &str = "one of open, claimed, contacts";
+
+fn parse_watch_policy(value: &str) -> Option<WatchPolicy> {
+    let policies = [
+        WatchPolicy::Open,
+        WatchPolicy::Claimed,
+        WatchPolicy::Contacts,
+    ];
+    policies.into_iter().find(|p| p.name() == value)
+}
+
+/// The longest `MAX_STREAM_SECS`: 30 days.
+const MAX_STREAM: u64 = 30 * 86_400;
+
+/// `WATCH_POLICY`, and `MAX_STREAM_SECS` as it applies under it (`None`: streams never end).
+/// `contacts` needs Redis, and streams that end, so that a removed contact stops watching.
+pub(super) fn read_watching<F: Fn(&str) -> Option<String>>(
+    vars: &Vars<'_, F>,
+    store: &StoreConfig,
+) -> Result<(WatchPolicy, Option<Duration>), ConfigError> {
+    let policy = vars.parse("WATCH_POLICY", parse_watch_policy, WATCH_POLICY_EXPECTED)?;
+    if policy == WatchPolicy::Contacts && *store == StoreConfig::Memory {
+        return Err(ConfigError::Invalid {
+            var: "WATCH_POLICY",
+            value: "contacts".into(),
+            expected: "open or claimed with REDIS=memory: contacts reads the sets the app \
+                       writes in Redis, and memory mode has nowhere for the app to write them"
+                .into(),
+        });
+    }
+    let secs = vars.number("MAX_STREAM_SECS", 0, MAX_STREAM)?;
+    let secs = match (policy, (vars.0)("MAX_STREAM_SECS")) {
+        (WatchPolicy::Contacts, None) => CONTACTS_MAX_STREAM_SECS,
+        (WatchPolicy::Contacts, Some(value)) if secs == 0 => {
+            return Err(ConfigError::Invalid {
+                var: "MAX_STREAM_SECS",
+                value,
+                expected: format!(
+                    "a whole number from 1 to {MAX_STREAM} with WATCH_POLICY=contacts: a \
+                     stream that never ends would let a removed contact watch for ever"
+                ),
+            });
+        }
+        _ => secs,
+    };
+    Ok((policy, (secs > 0).then(|| Duration::from_secs(secs))))
+}
 
 /// The peers whose `X-User-Claim` is believed (`TRUSTED_PROXIES`): addresses and CIDR ranges.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -161,6 +234,53 @@ mod tests {
         ] {
             assert!(cors(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn watch_policy_is_open_claimed_or_contacts_and_contacts_needs_redis_and_ending_streams() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.watch_policy, WatchPolicy::Open);
+        assert_eq!(c.max_stream, None);
+        assert_eq!(c.max_pings_per_minute, Some(30));
+        assert_eq!(c.max_streams_per_watcher, 16);
+        let claimed = config(&[("WATCH_POLICY", "claimed"), ("REDIS", "memory")]).unwrap();
+        assert_eq!(claimed.watch_policy, WatchPolicy::Claimed);
+        assert_eq!(claimed.max_stream, None);
+
+        let contacts = config(&[("WATCH_POLICY", "contacts")]).unwrap();
+        assert_eq!(contacts.watch_policy, WatchPolicy::Contacts);
+        assert_eq!(
+            contacts.max_stream,
+            Some(std::time::Duration::from_secs(3600))
+        );
+        let short = config(&[("WATCH_POLICY", "contacts"), ("MAX_STREAM_SECS", "60")]);
+        assert_eq!(
+            short.unwrap().max_stream,
+            Some(std::time::Duration::from_secs(60))
+        );
+        let never = config(&[("WATCH_POLICY", "contacts"), ("MAX_STREAM_SECS", "0")]);
+        let err = never.unwrap_err().to_string();
+        assert!(
+            err.contains("MAX_STREAM_SECS") && err.contains("from 1"),
+            "{err}"
+        );
+        let memory = config(&[("WATCH_POLICY", "contacts"), ("REDIS", "memory")]);
+        let err = memory.unwrap_err().to_string();
+        assert!(
+            err.contains("WATCH_POLICY") && err.contains("memory mode"),
+            "{err}"
+        );
+        for bad in ["", "Open", "friends"] {
+            let err = config(&[("WATCH_POLICY", bad)]).unwrap_err().to_string();
+            assert!(err.contains("open, claimed, contacts"), "{bad}: {err}");
+        }
+
+        let off = config(&[("MAX_PINGS_PER_MINUTE", "0")]).unwrap();
+        assert_eq!(off.max_pings_per_minute, None);
+        for bad in ["60001", "-1", "x"] {
+            assert!(config(&[("MAX_PINGS_PER_MINUTE", bad)]).is_err(), "{bad}");
+        }
+        assert!(config(&[("MAX_STREAMS_PER_WATCHER", "0")]).is_err());
     }
 
     #[test]

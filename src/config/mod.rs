@@ -15,8 +15,8 @@ use log::LevelFilter;
 
 use crate::presence::Rules;
 
-pub use self::access::{Cors, TrustedProxies};
-use self::access::{parse_cors, parse_trusted};
+pub use self::access::{Cors, TrustedProxies, WatchPolicy};
+use self::access::{parse_cors, parse_trusted, read_watching};
 pub use self::address::{ClusterSeeds, Listen, StoreConfig, host_port};
 use self::address::{LISTEN_EXPECTED, REDIS_EXPECTED, parse_listen, parse_store};
 
@@ -59,6 +59,12 @@ pub struct Config {
     pub cors: Cors,
     /// Which peers may send `X-User-Claim`.
     pub trusted_proxies: TrustedProxies,
+    /// Who may watch whom.
+    pub watch_policy: WatchPolicy,
+    /// Pings one device may send a minute before getting `429`; `None`: no limit.
+    pub max_pings_per_minute: Option<u32>,
+    /// Streams one watcher may hold at once (`claimed` and `contacts` only).
+    pub max_streams_per_watcher: usize,
 }
 
 /// Size limits on what clients send.
@@ -111,7 +117,17 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("MAX_CONNECTIONS", ""),
     ("TRUSTED_PROXIES", ""),
     ("CORS_ORIGINS", ""),
+    ("WATCH_POLICY", "open"),
+    ("MAX_PINGS_PER_MINUTE", "30"),
+    ("MAX_STREAMS_PER_WATCHER", "16"),
 ];
+
+/// `MAX_STREAM_SECS` when unset under `WATCH_POLICY=contacts`: how long a removed contact may
+/// go on watching, at most.
+pub const CONTACTS_MAX_STREAM_SECS: u64 = 3600;
+
+/// The highest `MAX_PINGS_PER_MINUTE`: a thousand a second.
+pub const PINGS_PER_MINUTE_CAP: u32 = 60_000;
 
 /// Why the configuration could not be loaded.
 #[derive(Debug, PartialEq, Eq)]
@@ -172,15 +188,13 @@ impl Config {
             )?,
             _ => vars.parse("KEY_PREFIX", parse_prefix, PREFIX_EXPECTED)?,
         };
+        let (watch_policy, max_stream) = read_watching(&vars, &store)?;
         Ok(Config {
             listen: vars.parse("LISTEN", parse_listen, LISTEN_EXPECTED)?,
             store,
             key_prefix,
             keepalive: vars.seconds("KEEPALIVE_SECS")?,
-            max_stream: match vars.number("MAX_STREAM_SECS", 0, 30 * 86_400)? {
-                0 => None,
-                secs => Some(Duration::from_secs(secs)),
-            },
+            max_stream,
             log_level: vars.parse("LOG_LEVEL", parse_level, LEVEL_EXPECTED)?,
             limits,
             redis_timeout: Duration::from_millis(vars.number("REDIS_TIMEOUT_MS", 10, 60_000)?),
@@ -203,6 +217,16 @@ impl Config {
                 "" => None,
                 _ => Some(vars.number("MAX_CONNECTIONS", 1, 10_000_000)?),
             },
+            watch_policy,
+            max_pings_per_minute: match vars.number(
+                "MAX_PINGS_PER_MINUTE",
+                0,
+                PINGS_PER_MINUTE_CAP,
+            )? {
+                0 => None,
+                n => Some(n),
+            },
+            max_streams_per_watcher: vars.number("MAX_STREAMS_PER_WATCHER", 1, 65_536)?,
         })
     }
 }

@@ -35,6 +35,19 @@ pub enum RedisCall {
     Record = 0,
     CachedRead = 1,
     Health = 2,
+    /// Which of a new stream's users its watcher may see (`WATCH_POLICY=contacts`).
+    Contacts = 3,
+}
+
+/// Why a stream or a `/status` was refused, for `heartbeat_watch_refused_total{reason}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchRefusal {
+    /// No `X-User-Claim` under `claimed` or `contacts` (`401`).
+    NoClaim = 0,
+    /// A claim from a peer not in `TRUSTED_PROXIES` under `claimed` or `contacts` (`401`).
+    UntrustedPeer = 1,
+    /// The watcher holds `MAX_STREAMS_PER_WATCHER` streams already (`429`).
+    TooManyStreams = 2,
 }
 
 /// How a stream ended, for `heartbeat_stream_duration_seconds{end}`.
@@ -53,7 +66,8 @@ pub enum StreamEnd {
 
 /// The label values, each table indexed by its enum's discriminants.
 pub(super) const PING_OUTCOMES: [&str; 3] = ["stored", "refused", "unavailable"];
-pub(super) const REDIS_CALLS: [&str; 3] = ["record", "cached_read", "health"];
+pub(super) const REDIS_CALLS: [&str; 4] = ["record", "cached_read", "health", "contacts"];
+pub(super) const WATCH_REFUSALS: [&str; 3] = ["no_claim", "untrusted_peer", "too_many_streams"];
 pub(super) const STREAM_ENDS: [&str; 5] = [
     "client_gone",
     "too_slow",
@@ -77,6 +91,10 @@ pub struct Metrics {
     pub pings_refused_invalid_total: AtomicU64,
     pub pings_refused_too_large_total: AtomicU64,
     pub pings_refused_unavailable_total: AtomicU64,
+    /// Pings over `MAX_PINGS_PER_MINUTE` (`429`).
+    pub pings_refused_rate_total: AtomicU64,
+    /// Streams and `/status` requests refused, by [`WatchRefusal`].
+    pub(super) watch_refused: [AtomicU64; 3],
     /// Events written to streams (one per event per subscriber).
     pub events_delivered_total: AtomicU64,
     /// Failed Redis calls, from the pool, the writers and the feed.
@@ -94,7 +112,7 @@ pub struct Metrics {
     /// A live ping's store time (from its sequence number) to its event's write on a stream.
     pub delivery_lag: Histogram,
     /// By [`RedisCall`].
-    pub(super) redis_call_duration: [Histogram; 3],
+    pub(super) redis_call_duration: [Histogram; 4],
     /// By [`StreamEnd`].
     pub(super) stream_duration: [Histogram; 5],
 }
@@ -112,6 +130,8 @@ impl Default for Metrics {
             pings_refused_invalid_total: AtomicU64::new(0),
             pings_refused_too_large_total: AtomicU64::new(0),
             pings_refused_unavailable_total: AtomicU64::new(0),
+            pings_refused_rate_total: AtomicU64::new(0),
+            watch_refused: Default::default(),
             events_delivered_total: AtomicU64::new(0),
             redis_errors_total: AtomicU64::new(0),
             redis_resubscribes_total: AtomicU64::new(0),
@@ -119,7 +139,7 @@ impl Default for Metrics {
             feed_channels: AtomicI64::new(0),
             ping_duration: [latency(), latency(), latency()],
             delivery_lag: latency(),
-            redis_call_duration: [latency(), latency(), latency()],
+            redis_call_duration: [latency(), latency(), latency(), latency()],
             stream_duration: [lifetime(), lifetime(), lifetime(), lifetime(), lifetime()],
         }
     }
@@ -150,6 +170,11 @@ impl Metrics {
             Rejection::Invalid(_) => &self.pings_refused_invalid_total,
             Rejection::TooLarge(_) => &self.pings_refused_too_large_total,
         });
+    }
+
+    /// Counts a refused stream or `/status` under its reason.
+    pub fn count_watch_refused(&self, refusal: WatchRefusal) {
+        Metrics::count(&self.watch_refused[refusal as usize]);
     }
 
     pub fn ping_duration(&self, outcome: PingOutcome) -> &Histogram {
@@ -214,6 +239,9 @@ mod tests {
                 "heartbeat_pings_accepted_total 1",
                 "heartbeat_pings_refused_total{reason=\"too_large\"} 1",
                 "heartbeat_pings_refused_total{reason=\"invalid\"} 0",
+                "heartbeat_pings_refused_total{reason=\"rate_limited\"} 0",
+                "heartbeat_watch_refused_total{reason=\"no_claim\"} 0",
+                "heartbeat_watch_refused_total{reason=\"too_many_streams\"} 0",
                 "heartbeat_streams 3",
                 "heartbeat_subscribers_dropped_total 2",
                 "heartbeat_redis_subscription_up 1",

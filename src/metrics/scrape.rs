@@ -7,7 +7,9 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 
-use super::{Histogram, Metrics, PING_OUTCOMES, REDIS_CALLS, Readings, STREAM_ENDS};
+use super::{
+    Histogram, Metrics, PING_OUTCOMES, REDIS_CALLS, Readings, STREAM_ENDS, WATCH_REFUSALS,
+};
 
 /// One scrape: the metrics and the readings, encoded by prometheus-client.
 #[derive(Debug)]
@@ -114,6 +116,7 @@ impl Collector for Scrape {
             ("invalid", get(&m.pings_refused_invalid_total)),
             ("too_large", get(&m.pings_refused_too_large_total)),
             ("store_unavailable", get(&m.pings_refused_unavailable_total)),
+            ("rate_limited", get(&m.pings_refused_rate_total)),
         ];
         let mut family = encoder.encode_descriptor(
             "pings_refused",
@@ -126,6 +129,18 @@ impl Collector for Scrape {
             family
                 .encode_family(&labels)?
                 .encode_counter::<NoLabelSet, _, u64>(&value, None)?;
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "watch_refused",
+            "Streams and /status requests refused, by reason.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, value) in WATCH_REFUSALS.into_iter().zip(&m.watch_refused) {
+            family
+                .encode_family(&[("reason", reason)])?
+                .encode_counter::<NoLabelSet, _, u64>(&get(value), None)?;
         }
 
         histograms(

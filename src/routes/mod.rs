@@ -6,9 +6,11 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 mod path;
+mod watch;
 
 use self::path::{Route, route};
-use crate::config::{Cors, Limits, TrustedProxies};
+use crate::config::{Cors, Limits, TrustedProxies, WatchPolicy};
+use crate::flood::{PingRate, WatcherStreams};
 use crate::http::{JSON, Request, Response};
 use crate::metrics::{Metrics, PingOutcome, Readings};
 use crate::ping::{self, Rejection};
@@ -42,12 +44,19 @@ pub struct Routes {
     pub limits: Limits,
     pub cors: Cors,
     pub trusted: TrustedProxies,
+    pub policy: WatchPolicy,
+    /// `MAX_PINGS_PER_MINUTE`, if any.
+    pub ping_rate: Option<PingRate>,
+    /// Streams held per watcher (`claimed` and `contacts`).
+    pub watcher_streams: Arc<WatcherStreams>,
 }
 
 impl Routes {
     /// Answers `request`, which came from `peer` (`None` if unknown).
     pub fn handle(&self, request: &Request, peer: Option<IpAddr>) -> Outcome {
-        if request.header("x-user-claim").is_some() && !self.trusted.trusts(peer) {
+        // A watch route under a policy that needs the watcher refuses such a claim itself.
+        let watching = self.policy != WatchPolicy::Open && watch::watches(request);
+        if request.header("x-user-claim").is_some() && !self.trusted.trusts(peer) && !watching {
             let peer = peer.map_or("an unknown peer".into(), |p| p.to_string());
             log::debug!("refused an X-User-Claim from {peer}");
             let refused = Response::text(
@@ -81,7 +90,9 @@ impl Routes {
                 ))
             }
             Ok(Route::Ping | Route::Leave) => Outcome::Respond(not_allowed("POST")),
-            Ok(Route::Subscribe(subscribe)) if method == "GET" => Outcome::Subscribe(subscribe),
+            Ok(Route::Subscribe(subscribe)) if method == "GET" => {
+                self.subscribe(request, peer, subscribe)
+            }
             Ok(Route::Subscribe(_) | Route::Status(_))
                 if method == "OPTIONS" && self.cors != Cors::Off =>
             {
@@ -89,7 +100,9 @@ impl Routes {
                 Outcome::Respond(preflight(cors.is_some(), "GET", "Last-Event-ID"))
             }
             Ok(Route::Subscribe(_)) => Outcome::Respond(not_allowed("GET")),
-            Ok(Route::Status(users)) if method == "GET" => Outcome::Respond(self.status(&users)),
+            Ok(Route::Status(users)) if method == "GET" => {
+                Outcome::Respond(self.status(request, peer, &users))
+            }
             Ok(Route::Health) if method == "GET" => Outcome::Respond(self.health()),
             Ok(Route::Metrics) if method == "GET" => Outcome::Respond(self.metrics()),
             Ok(Route::Health | Route::Metrics | Route::Status(_)) => {
@@ -127,34 +140,6 @@ impl Routes {
         Response::typed(status, JSON, &body.to_string()).with_header("Cache-Control", "no-store")
     }
 
-    /// `GET /status?user=...`: each user's last visible ping and whether they are online, or
-    /// `null`, in one store round trip.
-    fn status(&self, users: &[String]) -> Response {
-        match self.store.last_many(users) {
-            Ok(presences) => {
-                let mut body = serde_json::Map::new();
-                for user in users {
-                    body.insert(user.clone(), serde_json::Value::Null);
-                }
-                let now = ping::now_micros();
-                for (user, presence) in presences {
-                    let ping = serde_json::json!({
-                        "time": presence.ping.time,
-                        "status": presence.ping.status,
-                        "online": presence.offline_at(now).is_none(),
-                    });
-                    body.insert(user, ping);
-                }
-                let body = serde_json::Value::Object(body).to_string();
-                Response::typed(200, JSON, &body).with_header("Cache-Control", "no-store")
-            }
-            Err(e) => {
-                log::debug!("status of {} users not read: {e}", users.len());
-                Response::text(503, &e.to_string())
-            }
-        }
-    }
-
     fn metrics(&self) -> Response {
         let readings = Readings {
             streams: self.streams.open(),
@@ -178,7 +163,21 @@ impl Routes {
             }
         };
         let device = claim.clientid.as_deref().unwrap_or_default();
-        match (self.store).record(&claim.userid, device, Some(&status), ping::now_micros()) {
+        let now = ping::now_micros();
+        if let Some(rate) = &self.ping_rate
+            && let Err(wait) = rate.admit(&claim.userid, device, now)
+        {
+            log::debug!("ping from {:?} ({device:?}) over the limit", claim.userid);
+            Metrics::count(&self.metrics.pings_refused_rate_total);
+            let reason = format!(
+                "more than {} pings a minute from this device: retry in {wait} s",
+                rate.per_minute()
+            );
+            let response =
+                Response::text(429, &reason).with_header("Retry-After", wait.to_string());
+            return (response, PingOutcome::Refused);
+        }
+        match (self.store).record(&claim.userid, device, Some(&status), now) {
             Ok(id) => {
                 Metrics::count(&self.metrics.pings_accepted_total);
                 log::debug!(
@@ -289,6 +288,9 @@ mod tests {
             limits: Limits::default(),
             cors,
             trusted: TrustedProxies::default(),
+            policy: WatchPolicy::Open,
+            ping_rate: None,
+            watcher_streams: WatcherStreams::new(16),
         };
         (routes, store)
     }
@@ -332,7 +334,7 @@ mod tests {
             request("POST", "/ping", Some(CLAIM), r#"{"status":"a"}"#),
         );
         assert_eq!(response, Response::empty(200));
-        let (_, last) = store.last_many(&["u1".into()]).unwrap().remove(0);
+        let (_, last) = store.last_many(&["u1".into()], None).unwrap().remove(0);
         assert_eq!(last.ping.status, "a");
         assert!(last.ping.time.abs_diff(ping::now_micros() / 1_000_000) <= 2);
     }
@@ -356,7 +358,7 @@ mod tests {
             assert_eq!(response.status, status, "{claim:?} {body}");
             assert_eq!(response.body.lines().count(), 1);
         }
-        assert!(store.last_many(&["u1".into()]).unwrap().is_empty());
+        assert!(store.last_many(&["u1".into()], None).unwrap().is_empty());
     }
 
     #[test]
@@ -368,7 +370,8 @@ mod tests {
                 form: Form::Single,
                 client: Some("dev/ice".into()),
                 after: 0,
-                headers: vec![]
+                headers: vec![],
+                slot: None,
             })
         );
         assert_eq!(
@@ -378,7 +381,8 @@ mod tests {
                 form: Form::Single,
                 client: None,
                 after: 0,
-                headers: vec![]
+                headers: vec![],
+                slot: None,
             })
         );
     }
@@ -392,7 +396,8 @@ mod tests {
                 form: Form::Multi,
                 client: None,
                 after: 0,
-                headers: vec![]
+                headers: vec![],
+                slot: None,
             })
         );
         for (target, code) in [

@@ -45,6 +45,7 @@ pub(super) fn route(request: &Request, limits: &Limits) -> Result<Route, Respons
                 client: None,
                 after: last_event_id(request)?,
                 headers: Vec::new(),
+                slot: None,
             }));
         }
         _ => {}
@@ -77,6 +78,7 @@ pub(super) fn route(request: &Request, limits: &Limits) -> Result<Route, Respons
         client,
         after: last_event_id(request)?,
         headers: Vec::new(),
+        slot: None,
     }))
 }
 

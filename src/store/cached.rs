@@ -141,7 +141,7 @@ fn run(store: &dyn Store, hub: &Hub, queue: &Receiver<Ask>) {
         if users.is_empty() {
             continue;
         }
-        match store.last_many(&users) {
+        match store.last_many(&users, None) {
             Ok(pings) => {
                 log::debug!(
                     "cached pings: {} of {} users read, for {} streams and {} resyncs",
@@ -265,12 +265,19 @@ mod tests {
         ) -> Result<Option<u64>, StoreError> {
             self.inner.record(user, device, status, now)
         }
-        fn last_many(&self, users: &[String]) -> Result<Vec<(String, Presence)>, StoreError> {
+        fn last_many(
+            &self,
+            users: &[String],
+            watcher: Option<&str>,
+        ) -> Result<Vec<(String, Presence)>, StoreError> {
             if self.failures.load(Ordering::SeqCst) > 0 {
                 self.failures.fetch_sub(1, Ordering::SeqCst);
                 return Err(StoreError::TimedOut);
             }
-            self.inner.last_many(users)
+            self.inner.last_many(users, watcher)
+        }
+        fn allowed(&self, watcher: &str, users: &[String]) -> Result<Vec<bool>, StoreError> {
+            self.inner.allowed(watcher, users)
         }
         fn kind(&self) -> Kind {
             self.inner.kind()

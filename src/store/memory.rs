@@ -61,12 +61,24 @@ impl Store for MemoryStore {
         Ok(Some(id))
     }
 
-    fn last_many(&self, users: &[String]) -> Result<Vec<(String, Presence)>, StoreError> {
+    /// With a watcher, only the watcher's own: memory mode has no contact sets (and the
+    /// configuration refuses `WATCH_POLICY=contacts` with it).
+    fn last_many(
+        &self,
+        users: &[String],
+        watcher: Option<&str>,
+    ) -> Result<Vec<(String, Presence)>, StoreError> {
         let state = self.state.lock();
         Ok(users
             .iter()
+            .filter(|u| watcher.is_none_or(|w| w == u.as_str()))
             .filter_map(|u| Some((u.clone(), state.users.get(u)?.presence.clone()?)))
             .collect())
+    }
+
+    /// Only the watcher themself, as no app can write contact sets here.
+    fn allowed(&self, watcher: &str, users: &[String]) -> Result<Vec<bool>, StoreError> {
+        Ok(users.iter().map(|u| u == watcher).collect())
     }
 
     fn kind(&self) -> Kind {
@@ -91,7 +103,7 @@ mod tests {
         let hub = Hub::new(16);
         let store = MemoryStore::new(Arc::clone(&hub), Rules::default());
         let watcher = hub.subscribe(&["alice".into()]);
-        assert!(store.last_many(&["alice".into()]).unwrap().is_empty());
+        assert!(store.last_many(&["alice".into()], None).unwrap().is_empty());
 
         // The same microsecond thrice: sequence numbers still increase by one.
         for (i, status) in ["0", "1", "2"].iter().enumerate() {
@@ -118,7 +130,7 @@ mod tests {
                 (100_000_002, r#"{"time":100,"status":"2"}"#.to_owned()),
             ]
         );
-        let (_, last) = store.last_many(&["alice".into()]).unwrap().remove(0);
+        let (_, last) = store.last_many(&["alice".into()], None).unwrap().remove(0);
         assert_eq!(
             (last.ping.seq, last.ping.time, last.ping.status.as_str()),
             (100_000_002, 100, "2")

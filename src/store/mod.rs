@@ -31,8 +31,19 @@ pub trait Store: Send + Sync {
         now_micros: u64,
     ) -> Result<Option<u64>, StoreError>;
 
-    /// The presence of those of `users` that have one, in one round trip.
-    fn last_many(&self, users: &[String]) -> Result<Vec<(String, Presence)>, StoreError>;
+    /// The presence of those of `users` that have one, in one round trip (one per master on
+    /// a cluster). With a `watcher`, only of those the watcher may see ([`Store::allowed`]),
+    /// checked in the same round trip, at the same cost for a user hidden or not.
+    fn last_many(
+        &self,
+        users: &[String],
+        watcher: Option<&str>,
+    ) -> Result<Vec<(String, Presence)>, StoreError>;
+
+    /// Which of `users`, in order, the app lets `watcher` see: the watcher themself, and those
+    /// whose set `<prefix>watchers:<user>` holds the watcher or `*`. In one round trip (one
+    /// per master on a cluster).
+    fn allowed(&self, watcher: &str, users: &[String]) -> Result<Vec<bool>, StoreError>;
 
     /// Which store this is, for `/healthz` and `/metrics`.
     fn kind(&self) -> Kind;

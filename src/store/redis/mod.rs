@@ -11,6 +11,7 @@ mod connect;
 pub mod feed;
 mod node;
 mod pool;
+mod read;
 pub mod schema;
 pub mod script;
 mod slot;
@@ -19,11 +20,12 @@ mod writer;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::RedisError;
+use redis::{RedisError, Value};
 
 use self::feed::{Feed, FeedState};
 use self::node::{Node, OneNode};
-use self::schema::{Keys, LastRow, Record, parse_last};
+use self::read::{Allowed, AllowedLast, Last, UserRead, parse_all, with_users};
+use self::schema::{Keys, Record};
 use self::script::RecordScript;
 use self::writer::Writers;
 use super::cached::CachedReads;
@@ -101,6 +103,16 @@ impl RedisStore {
         .spawn()
     }
 
+    /// Reads `read` of each of `users`, in order, in one round trip.
+    fn read<R: UserRead>(&self, users: &[String], read: &R) -> Result<Vec<R::Out>, StoreError> {
+        let mut pipe = redis::pipe();
+        for user in users {
+            read.add(&self.keys, &mut pipe, user);
+        }
+        let replies = self.with(|con| pipe.query::<Vec<Value>>(con))?;
+        Ok(parse_all(read, users, replies)?)
+    }
+
     /// Runs `f` on a pooled connection, counting failures.
     fn with<T>(
         &self,
@@ -133,22 +145,32 @@ impl Store for RedisStore {
         self.writers.record(record, self.timeout)
     }
 
-    fn last_many(&self, users: &[String]) -> Result<Vec<(String, Presence)>, StoreError> {
-        let mut pipe = redis::pipe();
-        for user in users {
-            self.keys.add_last_read(&mut pipe, user);
-        }
+    fn last_many(
+        &self,
+        users: &[String],
+        watcher: Option<&str>,
+    ) -> Result<Vec<(String, Presence)>, StoreError> {
         let began = Instant::now();
-        let rows = self.with(|con| pipe.query::<Vec<LastRow>>(con));
+        let last = Last {
+            ttl_micros: self.ttl_micros,
+        };
+        let presences = match watcher {
+            None => self.read(users, &last),
+            Some(watcher) => self.read(users, &AllowedLast(Allowed { watcher }, last)),
+        };
         self.metrics
             .redis_call(RedisCall::CachedRead)
             .observe(began.elapsed());
-        let rows = rows?;
-        Ok(users
-            .iter()
-            .zip(rows)
-            .filter_map(|(user, row)| Some((user.clone(), parse_last(row, self.ttl_micros)?)))
-            .collect())
+        Ok(with_users(users, presences?))
+    }
+
+    fn allowed(&self, watcher: &str, users: &[String]) -> Result<Vec<bool>, StoreError> {
+        let began = Instant::now();
+        let allowed = self.read(users, &Allowed { watcher });
+        self.metrics
+            .redis_call(RedisCall::Contacts)
+            .observe(began.elapsed());
+        allowed
     }
 
     fn kind(&self) -> Kind {

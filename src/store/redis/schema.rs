@@ -49,6 +49,11 @@ impl Keys {
         self.name("last:", user)
     }
 
+    /// The set, kept by the app, of the watchers allowed to see the user (`*`: everyone).
+    pub fn watchers(&self, user: &str) -> String {
+        self.name("watchers:", user)
+    }
+
     /// The channel the user's pings are published on.
     pub fn channel(&self, user: &str) -> String {
         self.name("ping:", user)

@@ -17,7 +17,8 @@ use self::coordinator::{ClusterFeed, Context, FeedStates};
 use self::topology::Topology;
 use super::RedisOptions;
 use super::node::{Node, Redirect, Router};
-use super::schema::{Keys, LastRow, Record, parse_last};
+use super::read::{Allowed, AllowedLast, Last, UserRead, with_users};
+use super::schema::{Keys, Record};
 use super::script::RecordScript;
 use super::writer::Writers;
 use crate::config::ClusterSeeds;
@@ -28,10 +29,8 @@ use crate::store::cached::CachedReads;
 use crate::store::{Kind, ShardProblem, Store, StoreError, Unhealthy};
 use crate::worker::Worker;
 
-/// Users' presences, as read.
-type Pings = Vec<(String, Presence)>;
-/// Users by the master that serves them.
-type Groups = Vec<(Arc<Node>, Vec<String>)>;
+/// Users, by their index in a request, by the master that serves them.
+type Groups = Vec<(Arc<Node>, Vec<usize>)>;
 
 /// Last pings on a Redis Cluster, shared by every instance on the same cluster and prefix.
 pub struct ClusterStore {
@@ -91,51 +90,91 @@ impl ClusterStore {
         .spawn()
     }
 
-    /// Reads the last pings of `users`, all on `node`, in one round trip. Users whose slot
-    /// has moved (`MOVED`) come back in the second list, to be read where the map says now.
-    fn read_node(&self, node: &Node, users: &[String]) -> Result<(Pings, Vec<String>), StoreError> {
+    /// Reads `read` of `users`, all on `node`, in one round trip: each user's result, or
+    /// `None` for a user whose slot has moved (`MOVED`), to be read where the map says now.
+    fn read_node<R: UserRead>(
+        &self,
+        node: &Node,
+        users: &[&str],
+        read: &R,
+    ) -> Result<Vec<Option<R::Out>>, StoreError> {
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
         for user in users {
-            self.keys.add_last_read(&mut pipe, user);
+            read.add(&self.keys, &mut pipe, user);
         }
         let replies = node.pool.with(|con| pipe.query::<Vec<Value>>(con));
         let replies = replies.inspect_err(|_| {
             Metrics::count(&self.metrics.redis_errors_total);
             self.topology.failed(node);
         })?;
-        let (mut pings, mut moved) = (Vec::new(), Vec::new());
-        for (user, reply) in users.iter().zip(replies) {
-            match reply {
-                Value::ServerError(ref e)
-                    if let Some(Redirect::Moved(slot, addr)) = Redirect::of(e) =>
-                {
-                    self.topology.moved(slot, addr);
-                    moved.push(user.clone());
+        if replies.len() != users.len() * R::COMMANDS {
+            let got = format!("{} replies to {} users", replies.len(), users.len());
+            return Err(redis::ParsingError::from(got).into());
+        }
+        let mut replies = replies.into_iter();
+        let mut out = Vec::with_capacity(users.len());
+        for user in users {
+            let mine: Vec<Value> = replies.by_ref().take(R::COMMANDS).collect();
+            let mut moved = false;
+            for reply in &mine {
+                match reply {
+                    Value::ServerError(e)
+                        if let Some(Redirect::Moved(slot, addr)) = Redirect::of(e) =>
+                    {
+                        self.topology.moved(slot, addr);
+                        moved = true;
+                    }
+                    Value::ServerError(e) => {
+                        log::debug!("{} refused a read: {e}", node.addr);
+                        return Err(e.clone().into());
+                    }
+                    _ => {}
                 }
-                Value::ServerError(e) => {
-                    log::debug!("{} refused a read: {e}", node.addr);
-                    return Err(e.into());
-                }
-                reply => {
-                    let row: LastRow = redis::FromRedisValue::from_redis_value(reply)?;
-                    if let Some(presence) = parse_last(row, self.ttl_micros) {
-                        pings.push((user.clone(), presence));
+            }
+            out.push(match moved {
+                true => None,
+                false => Some(read.parse(user, &mut mine.into_iter())?),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Reads `read` of every one of `users`, in order: one round trip per master that serves
+    /// some of them, and one more for slots that moved meanwhile.
+    fn read<R: UserRead>(&self, users: &[String], read: &R) -> Result<Vec<R::Out>, StoreError> {
+        let mut out: Vec<Option<R::Out>> = users.iter().map(|_| None).collect();
+        let mut left: Vec<usize> = (0..users.len()).collect();
+        for _ in 0..2 {
+            let mut moved = Vec::new();
+            for (node, group) in self.by_master(users, &left)? {
+                let names: Vec<&str> = group.iter().map(|&i| users[i].as_str()).collect();
+                for (i, got) in group.into_iter().zip(self.read_node(&node, &names, read)?) {
+                    match got {
+                        Some(got) => out[i] = Some(got),
+                        None => moved.push(i),
                     }
                 }
             }
+            left = moved;
+            if left.is_empty() {
+                return Ok(out.into_iter().flatten().collect());
+            }
         }
-        Ok((pings, moved))
+        Err(StoreError::Moved(format!(
+            "the slots of {} users kept moving",
+            left.len()
+        )))
     }
 
-    /// Each master's users among `users`.
-    fn by_master(&self, users: &[String]) -> Result<Groups, StoreError> {
+    /// Each master's users among `users[which]`, by index.
+    fn by_master(&self, users: &[String], which: &[usize]) -> Result<Groups, StoreError> {
         let mut groups: Groups = Vec::new();
-        for user in users {
-            let node = self.topology.node_for(&self.keys.last(user))?;
+        for &i in which {
+            let node = self.topology.node_for(&self.keys.last(&users[i]))?;
             match groups.iter_mut().find(|(n, _)| n.addr == node.addr) {
-                Some((_, group)) => group.push(user.clone()),
-                None => groups.push((node, vec![user.clone()])),
+                Some((_, group)) => group.push(i),
+                None => groups.push((node, vec![i])),
             }
         }
         Ok(groups)
@@ -163,32 +202,32 @@ impl Store for ClusterStore {
 
     /// One round trip per master that serves some of `users`; a slot that moved meanwhile
     /// costs one more.
-    fn last_many(&self, users: &[String]) -> Result<Vec<(String, Presence)>, StoreError> {
+    fn last_many(
+        &self,
+        users: &[String],
+        watcher: Option<&str>,
+    ) -> Result<Vec<(String, Presence)>, StoreError> {
         let began = Instant::now();
-        let mut pings = Vec::with_capacity(users.len());
-        let mut left = users.to_vec();
-        for _ in 0..2 {
-            let mut moved = Vec::new();
-            for (node, group) in self.by_master(&left)? {
-                let (found, elsewhere) = self.read_node(&node, &group)?;
-                pings.extend(found);
-                moved.extend(elsewhere);
-            }
-            left = moved;
-            if left.is_empty() {
-                break;
-            }
-        }
+        let last = Last {
+            ttl_micros: self.ttl_micros,
+        };
+        let presences = match watcher {
+            None => self.read(users, &last),
+            Some(watcher) => self.read(users, &AllowedLast(Allowed { watcher }, last)),
+        };
         self.metrics
             .redis_call(RedisCall::CachedRead)
             .observe(began.elapsed());
-        match left.is_empty() {
-            true => Ok(pings),
-            false => Err(StoreError::Moved(format!(
-                "the slots of {} users kept moving",
-                left.len()
-            ))),
-        }
+        Ok(with_users(users, presences?))
+    }
+
+    fn allowed(&self, watcher: &str, users: &[String]) -> Result<Vec<bool>, StoreError> {
+        let began = Instant::now();
+        let allowed = self.read(users, &Allowed { watcher });
+        self.metrics
+            .redis_call(RedisCall::Contacts)
+            .observe(began.elapsed());
+        allowed
     }
 
     fn kind(&self) -> Kind {

@@ -1,0 +1,171 @@
+//! What is read of each user in one pipeline, on one Redis or on each master of a cluster:
+//! a [`UserRead`] adds the same commands for every user and parses each user's replies.
+
+use redis::{FromRedisValue, ParsingError, Value};
+
+use super::schema::{Keys, LastRow, parse_last};
+use crate::presence::Presence;
+
+/// A read of each of a request's users: its commands, and what their replies say.
+pub trait UserRead {
+    type Out;
+    /// Commands (and so replies) per user.
+    const COMMANDS: usize;
+    fn add(&self, keys: &Keys, pipe: &mut redis::Pipeline, user: &str);
+    /// Reads `user`'s `COMMANDS` replies.
+    fn parse(
+        &self,
+        user: &str,
+        replies: &mut dyn Iterator<Item = Value>,
+    ) -> Result<Self::Out, ParsingError>;
+}
+
+/// The user's presence, if any (`HMGET` of the user's hash).
+pub struct Last {
+    /// The device TTL, for presences stored before there were devices.
+    pub ttl_micros: u64,
+}
+
+impl UserRead for Last {
+    type Out = Option<Presence>;
+    const COMMANDS: usize = 1;
+
+    fn add(&self, keys: &Keys, pipe: &mut redis::Pipeline, user: &str) {
+        keys.add_last_read(pipe, user);
+    }
+
+    fn parse(
+        &self,
+        _user: &str,
+        replies: &mut dyn Iterator<Item = Value>,
+    ) -> Result<Self::Out, ParsingError> {
+        let row = LastRow::from_redis_value(next(replies)?)?;
+        Ok(parse_last(row, self.ttl_micros))
+    }
+}
+
+/// Whether the app lets `watcher` see the user: its set `<prefix>watchers:<user>` holds the
+/// watcher or `*` (`SMISMEMBER`, Redis 6.2 or later), or the user is the watcher. The set is
+/// asked about either way, so that every user costs the same.
+pub struct Allowed<'a> {
+    pub watcher: &'a str,
+}
+
+impl UserRead for Allowed<'_> {
+    type Out = bool;
+    const COMMANDS: usize = 1;
+
+    fn add(&self, keys: &Keys, pipe: &mut redis::Pipeline, user: &str) {
+        pipe.cmd("SMISMEMBER")
+            .arg(keys.watchers(user))
+            .arg(self.watcher)
+            .arg("*");
+    }
+
+    fn parse(
+        &self,
+        user: &str,
+        replies: &mut dyn Iterator<Item = Value>,
+    ) -> Result<bool, ParsingError> {
+        let [watcher, everyone] = <[bool; 2]>::from_redis_value(next(replies)?)?;
+        Ok(watcher || everyone || user == self.watcher)
+    }
+}
+
+/// The user's presence if the watcher may see it: both read for every user, allowed or not,
+/// so that a hidden user costs what an allowed one does.
+pub struct AllowedLast<'a>(pub Allowed<'a>, pub Last);
+
+impl UserRead for AllowedLast<'_> {
+    type Out = Option<Presence>;
+    const COMMANDS: usize = 2;
+
+    fn add(&self, keys: &Keys, pipe: &mut redis::Pipeline, user: &str) {
+        self.0.add(keys, pipe, user);
+        self.1.add(keys, pipe, user);
+    }
+
+    fn parse(
+        &self,
+        user: &str,
+        replies: &mut dyn Iterator<Item = Value>,
+    ) -> Result<Self::Out, ParsingError> {
+        let allowed = self.0.parse(user, replies)?;
+        let presence = self.1.parse(user, replies)?;
+        Ok(presence.filter(|_| allowed))
+    }
+}
+
+fn next(replies: &mut dyn Iterator<Item = Value>) -> Result<Value, ParsingError> {
+    replies
+        .next()
+        .ok_or_else(|| ParsingError::from("fewer replies than commands"))
+}
+
+/// Reads `replies`, `R::COMMANDS` a user, for `users` in order.
+pub fn parse_all<R: UserRead>(
+    read: &R,
+    users: &[impl AsRef<str>],
+    replies: Vec<Value>,
+) -> Result<Vec<R::Out>, ParsingError> {
+    if replies.len() != users.len() * R::COMMANDS {
+        return Err(ParsingError::from(format!(
+            "{} replies to {} commands",
+            replies.len(),
+            users.len() * R::COMMANDS
+        )));
+    }
+    let mut replies = replies.into_iter();
+    let mut parse = |user: &_| read.parse(user, &mut replies);
+    users.iter().map(|u| parse(u.as_ref())).collect()
+}
+
+/// The users that have a presence, with it.
+pub fn with_users(users: &[String], presences: Vec<Option<Presence>>) -> Vec<(String, Presence)> {
+    users
+        .iter()
+        .zip(presences)
+        .filter_map(|(user, presence)| Some((user.clone(), presence?)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ints(values: &[i64]) -> Value {
+        Value::Array(values.iter().map(|&v| Value::Int(v)).collect())
+    }
+
+    #[test]
+    fn a_watcher_is_allowed_by_its_id_or_by_a_star_and_always_to_see_themself() {
+        let read = Allowed { watcher: "w" };
+        let replies = vec![ints(&[1, 0]), ints(&[0, 1]), ints(&[0, 0]), ints(&[1, 1])];
+        assert_eq!(
+            parse_all(&read, &["a", "b", "c", "d"], replies).unwrap(),
+            [true, true, false, true]
+        );
+        let themself = parse_all(&read, &["w"], vec![ints(&[0, 0])]).unwrap();
+        assert_eq!(themself, [true], "a user may always see themself");
+        assert!(parse_all(&read, &["a", "b"], vec![ints(&[1, 0])]).is_err());
+    }
+
+    #[test]
+    fn a_hidden_users_presence_is_read_and_dropped() {
+        let packed = |p: &str| {
+            let mut row = vec![Value::BulkString(p.as_bytes().to_vec())];
+            row.extend([Value::Nil, Value::Nil, Value::Nil, Value::Nil]);
+            Value::Array(row)
+        };
+        let read = AllowedLast(Allowed { watcher: "w" }, Last { ttl_micros: 1 });
+        let replies = vec![
+            ints(&[0, 0]),
+            packed("5 5 99 1"),
+            ints(&[1, 0]),
+            packed("6 6 99 0"),
+        ];
+        let got = parse_all(&read, &["a", "b"], replies).unwrap();
+        assert!(got[0].is_none());
+        assert_eq!(got[1].as_ref().unwrap().ping.seq, 6);
+    }
+}
