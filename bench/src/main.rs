@@ -10,8 +10,9 @@
 //!   long its cached pings took; with `--leave` each ping's user leaves half a second after
 //!   it, and every stream's offline events are counted (lost, repeated) and timed from the
 //!   leave; with `--expire-secs S` (the server's DEVICE_TTL_SECS) each user is left to expire
-//!   instead, and the offline events are timed from the ping plus S. A probe thread meanwhile notes when the machine itself stalls, to tell its
-//!   hiccups from the server's.
+//!   instead, and the offline events are timed from the ping plus S; with `--claims` each
+//!   stream claims a watcher of its own (`WATCH_POLICY` claimed or contacts). A probe thread
+//!   meanwhile notes when the machine itself stalls, to tell its hiccups from the server's.
 //! - `hello`: the HTTP ceiling: heartbeat's own HTTP layer and thread-per-connection accept
 //!   loop answering every request with a constant, no store behind it.
 //! - `startup`: spawns a command and reports how long until `/healthz` answers 200.
@@ -63,6 +64,7 @@ const USAGE: &str = "usage:
   heartbeat-bench run --addr HOST:PORT [--pid PID] [--streams N] [--users U] [--rate PINGS_PER_S]
                       [--seconds S] [--ping-connections C] [--settle S]
                       [--users-per-stream K] [--probe-users P] [--leave | --expire-secs S]
+                      [--claims] [--nonce N]
                       [--dump FILE]
                       [--plot-data DIR]
   heartbeat-bench hello [HOST:PORT]
@@ -95,6 +97,12 @@ pub struct Options {
     pub dump: Option<String>,
     /// A directory for the data scripts/plot.gp draws.
     pub plot_data: Option<String>,
+    /// Each stream claims a watcher of its own (`X-User-Claim: {"userid":"watcher-<i>"}`),
+    /// for a server under `WATCH_POLICY` `claimed` or `contacts`.
+    pub claims: bool,
+    /// The run's users are `bench<nonce>-<n>`; by default the nonce is this process's id, and
+    /// a script that must prepare the users (their contact sets) sets it.
+    pub nonce: Option<u32>,
 }
 
 impl Options {
@@ -114,11 +122,14 @@ impl Options {
             expire_secs: 0,
             dump: None,
             plot_data: None,
+            claims: false,
+            nonce: None,
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
-            if flag == "--leave" {
-                o.leave = true;
+            if flag == "--leave" || flag == "--claims" {
+                o.leave |= flag == "--leave";
+                o.claims |= flag == "--claims";
                 continue;
             }
             let value = it
@@ -144,6 +155,7 @@ impl Options {
                 "--probe-users" => o.probe_users = value.parse().map_err(|e| bad(&e))?,
                 "--expire-secs" => o.expire_secs = value.parse().map_err(|e| bad(&e))?,
                 "--dump" => o.dump = Some(value.clone()),
+                "--nonce" => o.nonce = Some(value.parse().map_err(|e| bad(&e))?),
                 "--plot-data" => o.plot_data = Some(value.clone()),
                 _ => return Err(format!("unknown option {flag}\n{USAGE}")),
             }

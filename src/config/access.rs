@@ -42,7 +42,8 @@ fn parse_watch_policy(value: &str) -> Option<WatchPolicy> {
 /// The longest `MAX_STREAM_SECS`: 30 days.
 const MAX_STREAM: u64 = 30 * 86_400;
 
-/// `WATCH_POLICY`, and `MAX_STREAM_SECS` as it applies under it (`None`: streams never end).
+/// `WATCH_POLICY`, and `MAX_STREAM_SECS` as it applies under it (`None`: streams never end;
+/// empty, the default, is that, or [`CONTACTS_MAX_STREAM_SECS`] under `contacts`).
 /// `contacts` needs Redis, and streams that end, so that a removed contact stops watching.
 pub(super) fn read_watching<F: Fn(&str) -> Option<String>>(
     vars: &Vars<'_, F>,
@@ -58,21 +59,23 @@ pub(super) fn read_watching<F: Fn(&str) -> Option<String>>(
                 .into(),
         });
     }
-    let secs = vars.number("MAX_STREAM_SECS", 0, MAX_STREAM)?;
-    let secs = match (policy, (vars.0)("MAX_STREAM_SECS")) {
-        (WatchPolicy::Contacts, None) => CONTACTS_MAX_STREAM_SECS,
-        (WatchPolicy::Contacts, Some(value)) if secs == 0 => {
-            return Err(ConfigError::Invalid {
-                var: "MAX_STREAM_SECS",
-                value,
-                expected: format!(
-                    "a whole number from 1 to {MAX_STREAM} with WATCH_POLICY=contacts: a \
-                     stream that never ends would let a removed contact watch for ever"
-                ),
-            });
-        }
-        _ => secs,
+    // Empty (the default): never, or an hour under contacts.
+    let value = vars.value("MAX_STREAM_SECS");
+    let secs = match value.trim() {
+        "" if policy == WatchPolicy::Contacts => CONTACTS_MAX_STREAM_SECS,
+        "" => 0,
+        _ => vars.number("MAX_STREAM_SECS", 0, MAX_STREAM)?,
     };
+    if policy == WatchPolicy::Contacts && secs == 0 {
+        return Err(ConfigError::Invalid {
+            var: "MAX_STREAM_SECS",
+            value,
+            expected: format!(
+                "empty or a whole number from 1 to {MAX_STREAM} with WATCH_POLICY=contacts: a \
+                 stream that never ends would let a removed contact watch for ever"
+            ),
+        });
+    }
     Ok((policy, (secs > 0).then(|| Duration::from_secs(secs))))
 }
 

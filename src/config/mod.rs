@@ -95,7 +95,7 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("REDIS", ":6379"),
     ("KEY_PREFIX", "heartbeat:"),
     ("KEEPALIVE_SECS", "25"),
-    ("MAX_STREAM_SECS", "0"),
+    ("MAX_STREAM_SECS", ""),
     ("LOG_LEVEL", "info"),
     ("MAX_ID_BYTES", "256"),
     ("MAX_STATUS_BYTES", "1024"),
@@ -122,7 +122,7 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("MAX_STREAMS_PER_WATCHER", "16"),
 ];
 
-/// `MAX_STREAM_SECS` when unset under `WATCH_POLICY=contacts`: how long a removed contact may
+/// `MAX_STREAM_SECS` when empty under `WATCH_POLICY=contacts`: how long a removed contact may
 /// go on watching, at most.
 pub const CONTACTS_MAX_STREAM_SECS: u64 = 3600;
 
@@ -403,6 +403,22 @@ pub(super) mod tests {
     #[test]
     fn the_shipped_dotenv_lists_every_variable_with_its_default() {
         assert_eq!(shipped_dotenv(), defaults());
+    }
+
+    #[test]
+    fn the_shipped_dotenv_takes_any_watch_policy() {
+        for (policy, max_stream) in [("open", None), ("claimed", None), ("contacts", Some(3600))] {
+            let mut vars = shipped_dotenv();
+            vars.push(("WATCH_POLICY".into(), policy.into()));
+            let vars: Vec<(&str, &str)> =
+                vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let c = config(&vars).unwrap_or_else(|e| panic!("{policy}: {e}"));
+            assert_eq!(
+                c.max_stream,
+                max_stream.map(Duration::from_secs),
+                "{policy}"
+            );
+        }
     }
 
     #[test]

@@ -91,7 +91,7 @@ impl Load<'_> {
             streams: Vec::with_capacity(o.streams),
             subscribers: vec![0; o.users],
             seen: Seen::default(),
-            nonce: std::process::id(),
+            nonce: o.nonce.unwrap_or_else(std::process::id),
         })
     }
 
@@ -114,7 +114,9 @@ impl Load<'_> {
                 let users = (0..o.users_per_stream)
                     .map(|k| (i * o.users_per_stream + k) % o.users)
                     .collect();
-                self.streams.push(Stream::new(socket, users));
+                let mut stream = Stream::new(socket, users);
+                stream.watcher = o.claims.then(|| format!("watcher-{i}"));
+                self.streams.push(stream);
             }
             let deadline = Instant::now() + Duration::from_secs(30);
             while established + refused < self.streams.len() {
@@ -323,7 +325,9 @@ impl Load<'_> {
     /// has a cached ping.
     fn open_probe(&mut self) -> Result<Stream, String> {
         let socket = self.connect(Token(PROBE))?;
-        Ok(Stream::new(socket, (0..self.o.probe_users).collect()))
+        let mut stream = Stream::new(socket, (0..self.o.probe_users).collect());
+        stream.watcher = self.o.claims.then(|| "watcher-probe".to_owned());
+        Ok(stream)
     }
 
     /// The keep-alive connections pings go out on.

@@ -24,6 +24,8 @@ pub(super) struct Stream {
     pub(super) pings: HashSet<u32>,
     /// The users whose offline event of this run it read (each user leaves once).
     pub(super) offline: HashSet<u32>,
+    /// The watcher it claims to be (`X-User-Claim`), for a server that needs one.
+    pub(super) watcher: Option<String>,
 }
 
 impl Stream {
@@ -37,6 +39,7 @@ impl Stream {
             events: 0,
             pings: HashSet::new(),
             offline: HashSet::new(),
+            watcher: None,
         }
     }
 
@@ -52,7 +55,11 @@ impl Stream {
                 format!("/subscribe?{}", users.join("&"))
             }
         };
-        format!("GET {target} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n")
+        let claim = match &self.watcher {
+            Some(watcher) => format!("X-User-Claim: {{\"userid\":\"{watcher}\"}}\r\n"),
+            None => String::new(),
+        };
+        format!("GET {target} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n{claim}\r\n")
     }
 }
 

@@ -24,7 +24,9 @@ use redis::{RedisError, Value};
 
 use self::feed::{Feed, FeedState};
 use self::node::{Node, OneNode};
-use self::read::{Allowed, AllowedLast, Last, UserRead, parse_all, with_users};
+use self::read::{
+    ALLOWED_SCRIPT, Allowed, AllowedLast, Last, UserRead, parse_all, parse_allowed, with_users,
+};
 use self::schema::{Keys, Record};
 use self::script::RecordScript;
 use self::writer::Writers;
@@ -166,11 +168,17 @@ impl Store for RedisStore {
 
     fn allowed(&self, watcher: &str, users: &[String]) -> Result<Vec<bool>, StoreError> {
         let began = Instant::now();
-        let allowed = self.read(users, &Allowed { watcher });
+        let mut eval = redis::cmd("EVAL");
+        eval.arg(ALLOWED_SCRIPT).arg(users.len());
+        for user in users {
+            eval.arg(self.keys.watchers(user));
+        }
+        eval.arg(watcher);
+        let reply = self.with(|con| eval.query::<String>(con));
         self.metrics
             .redis_call(RedisCall::Contacts)
             .observe(began.elapsed());
-        allowed
+        Ok(parse_allowed(users, watcher, &reply?)?)
     }
 
     fn kind(&self) -> Kind {
