@@ -17,6 +17,9 @@ key_prefix=alternate:
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 ulimit -n "$(ulimit -Hn)"
+# The repository's .env is this tree's; an older binary may not take all of it (it read
+# MAX_STREAM_SECS=0 before that became empty), so both are given that one explicitly.
+export MAX_STREAM_SECS=0
 start_redis
 
 result() { sed -n "s/^result $1=//p" "$2" | tail -1; }
