@@ -44,6 +44,7 @@ use crate::routes::Routes;
 use crate::server::{Server, Shared, Stopper};
 use crate::store::Store;
 use crate::store::cached::CachedReads;
+use crate::store::contacts::ContactChecks;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::cluster::ClusterStore;
 use crate::store::redis::{RedisOptions, RedisStore};
@@ -182,6 +183,15 @@ pub fn run() -> Result<(), Error> {
         )?,
     };
 
+    let contacts = match config.watch_policy {
+        config::WatchPolicy::Contacts => {
+            let (checks, threads) = ContactChecks::start(Arc::clone(&store), config.redis_timeout)
+                .map_err(setup("contact-checks threads"))?;
+            workers.extend(threads);
+            Some(checks)
+        }
+        _ => None,
+    };
     let (hangups, worker) = Hangups::start().map_err(setup("hangups thread"))?;
     workers.push(worker);
     let writing = Writing {
@@ -211,6 +221,7 @@ pub fn run() -> Result<(), Error> {
                 policy: config.watch_policy,
                 ping_rate: config.max_pings_per_minute.map(flood::PingRate::new),
                 watcher_streams: flood::WatcherStreams::new(config.max_streams_per_watcher),
+                contacts,
             },
             streams,
             metrics,

@@ -34,6 +34,9 @@ pub struct Subscribe {
     pub headers: Vec<(&'static str, String)>,
     /// The watcher's count of streams, held for the stream's life (`claimed` and `contacts`).
     pub slot: Option<StreamSlot>,
+    /// Under `contacts`, the watcher against whose contacts the users are still to be checked
+    /// ([`Routes::check_contacts`](crate::routes::Routes::check_contacts)).
+    pub unchecked_for: Option<String>,
 }
 
 /// Which route a stream came by, and so the shape of its events' data.
@@ -298,6 +301,7 @@ mod tests {
             after,
             headers: Vec::new(),
             slot: None,
+            unchecked_for: None,
         }
     }
 

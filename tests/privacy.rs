@@ -483,3 +483,39 @@ fn a_hundred_thousand_fake_devices_keep_the_ping_table_within_its_bound() {
     let limited = "heartbeat_pings_refused_total{reason=\"rate_limited\"}";
     assert_eq!(hb.sample(limited), Some(0.0));
 }
+
+#[test]
+fn without_redis_a_contacts_check_is_a_fast_503_and_works_again_after() {
+    let mut redis = Redis::start();
+    let hb = Heartbeat::start_with(&[
+        ("REDIS", &redis.addr()),
+        ("WATCH_POLICY", "contacts"),
+        ("REDIS_TIMEOUT_MS", "300"),
+    ]);
+    sadd(&redis, "alice", &["bob"]);
+    hb.ping("alice", "0").assert_ok();
+    redis.kill();
+    for path in [
+        "/subscribe/alice",
+        "/subscribe?user=alice&user=bob",
+        "/status?user=alice",
+    ] {
+        let started = Instant::now();
+        let reply = get_as(&hb, path, Some("bob"), PROXY);
+        reply.assert_refused(503);
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(2), "{path}: 503 after {took:?}");
+    }
+    redis.restart();
+    support::wait_until(Duration::from_secs(10), || {
+        get_as(&hb, "/status?user=alice", Some("bob"), PROXY).status == 200
+    })
+    .expect("checks again once Redis is back");
+    // The restarted Redis kept nothing; the app writes alice's set again.
+    sadd(&redis, "alice", &["bob"]);
+    hb.ping("alice", "1").assert_ok();
+    assert_eq!(
+        watch(&hb, "/subscribe/alice", "bob").expect_ping(SOON).1,
+        "1"
+    );
+}

@@ -41,6 +41,7 @@ fn routes() -> &'static Routes {
         policy: WatchPolicy::Claimed,
         ping_rate: Some(PingRate::new(3)),
         watcher_streams: WatcherStreams::new(2),
+        contacts: None,
     })
 }
 

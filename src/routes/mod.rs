@@ -15,6 +15,7 @@ use crate::http::{JSON, Request, Response};
 use crate::metrics::{Metrics, PingOutcome, Readings};
 use crate::ping::{self, Rejection};
 use crate::store::Store;
+use crate::store::contacts::ContactChecks;
 use crate::stream::Subscribe;
 
 /// What the connection should do with a request.
@@ -49,6 +50,8 @@ pub struct Routes {
     pub ping_rate: Option<PingRate>,
     /// Streams held per watcher (`claimed` and `contacts`).
     pub watcher_streams: Arc<WatcherStreams>,
+    /// Where new streams' users are checked, under `contacts` only.
+    pub contacts: Option<ContactChecks>,
 }
 
 impl Routes {
@@ -90,6 +93,13 @@ impl Routes {
                 ))
             }
             Ok(Route::Ping | Route::Leave) => Outcome::Respond(not_allowed("POST")),
+            // Nothing to check under open; the policies' checks run in frames of their own,
+            // which a stream's thread under open never touches (see `Routes::subscribe`).
+            Ok(Route::Subscribe(subscribe))
+                if method == "GET" && self.policy == WatchPolicy::Open =>
+            {
+                Outcome::Subscribe(subscribe)
+            }
             Ok(Route::Subscribe(subscribe)) if method == "GET" => {
                 self.subscribe(request, peer, subscribe)
             }
@@ -291,6 +301,7 @@ mod tests {
             policy: WatchPolicy::Open,
             ping_rate: None,
             watcher_streams: WatcherStreams::new(16),
+            contacts: None,
         };
         (routes, store)
     }
@@ -372,6 +383,7 @@ mod tests {
                 after: 0,
                 headers: vec![],
                 slot: None,
+                unchecked_for: None,
             })
         );
         assert_eq!(
@@ -383,6 +395,7 @@ mod tests {
                 after: 0,
                 headers: vec![],
                 slot: None,
+                unchecked_for: None,
             })
         );
     }
@@ -398,6 +411,7 @@ mod tests {
                 after: 0,
                 headers: vec![],
                 slot: None,
+                unchecked_for: None,
             })
         );
         for (target, code) in [

@@ -46,6 +46,7 @@ pub(super) fn route(request: &Request, limits: &Limits) -> Result<Route, Respons
                 after: last_event_id(request)?,
                 headers: Vec::new(),
                 slot: None,
+                unchecked_for: None,
             }));
         }
         _ => {}
@@ -79,6 +80,7 @@ pub(super) fn route(request: &Request, limits: &Limits) -> Result<Route, Respons
         after: last_event_id(request)?,
         headers: Vec::new(),
         slot: None,
+        unchecked_for: None,
     }))
 }
 

@@ -57,7 +57,10 @@ pub fn serve(stream: TcpStream, shared: &Shared) {
             Outcome::Subscribe(subscribe) => {
                 let minor_version = request.minor_version;
                 drop((request, reader));
-                shared.streams.serve(&stream, minor_version, subscribe);
+                match shared.routes.check_contacts(subscribe) {
+                    Ok(subscribe) => shared.streams.serve(&stream, minor_version, subscribe),
+                    Err(refused) => drop(refused.write_to(&mut stream, false)),
+                }
                 return;
             }
         };

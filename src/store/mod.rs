@@ -8,6 +8,7 @@
 //! pings. This file imports none of them: they implement it.
 
 pub mod cached;
+pub mod contacts;
 mod error;
 pub mod memory;
 pub mod redis;
