@@ -19,7 +19,9 @@ use crate::worker::Worker;
 
 /// Threads making checks: Redis runs one command at a time, so a few keep it busy while one
 /// waits for its answer.
-const THREADS: usize = 8;
+const THREADS: usize = 4;
+/// Most checks made in one round trip.
+const BATCH: usize = 32;
 
 /// Where streams ask which of their users the watcher may see.
 #[derive(Clone)]
@@ -82,18 +84,49 @@ impl ContactChecks {
     }
 }
 
+/// Makes the checks asked, those queued meanwhile together (up to [`BATCH`]), until stopped.
 fn run(store: &dyn Store, queue: &Receiver<Ask>) {
-    while let Ok(Ask::Check(mut check)) = queue.recv() {
-        let answer = match Instant::now() < check.deadline {
-            true => store.allowed(&check.watcher, &check.users).map(|allowed| {
-                let mut allowed = allowed.into_iter();
-                check.users.retain(|_| allowed.next().unwrap_or(false));
-                check.users
-            }),
-            false => Err(StoreError::TimedOut),
-        };
-        // The stream may have given up waiting; nothing to do then.
-        let _ = check.reply.send(answer);
+    let mut batch = Vec::with_capacity(BATCH);
+    while let Ok(Ask::Check(first)) = queue.recv() {
+        batch.push(first);
+        let mut stop = false;
+        while batch.len() < BATCH {
+            match queue.try_recv() {
+                Ok(Ask::Check(check)) => batch.push(check),
+                Ok(Ask::Stop) => {
+                    stop = true;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let now = Instant::now();
+        let (due, late): (Vec<Check>, Vec<Check>) = batch.drain(..).partition(|c| now < c.deadline);
+        for check in late {
+            let _ = check.reply.send(Err(StoreError::TimedOut));
+        }
+        let asked: Vec<(&str, &[String])> = due
+            .iter()
+            .map(|c| (c.watcher.as_str(), c.users.as_slice()))
+            .collect();
+        match store.allowed_many(&asked) {
+            Ok(answers) => {
+                for (mut check, allowed) in due.into_iter().zip(answers) {
+                    let mut allowed = allowed.into_iter();
+                    check.users.retain(|_| allowed.next().unwrap_or(false));
+                    // The stream may have given up waiting; nothing to do then.
+                    let _ = check.reply.send(Ok(check.users));
+                }
+            }
+            Err(e) => {
+                for check in due {
+                    let _ = check.reply.send(Err(e.clone()));
+                }
+            }
+        }
+        if stop {
+            return;
+        }
     }
 }
 

@@ -46,6 +46,13 @@ pub trait Store: Send + Sync {
     /// per master on a cluster).
     fn allowed(&self, watcher: &str, users: &[String]) -> Result<Vec<bool>, StoreError>;
 
+    /// [`Store::allowed`] of each of `checks`, `(watcher, users)`, in as few round trips as
+    /// the store can: one on a single Redis.
+    fn allowed_many(&self, checks: &[(&str, &[String])]) -> Result<Vec<Vec<bool>>, StoreError> {
+        let check = |&(watcher, users): &(&str, &[String])| self.allowed(watcher, users);
+        checks.iter().map(check).collect()
+    }
+
     /// Which store this is, for `/healthz` and `/metrics`.
     fn kind(&self) -> Kind;
 

@@ -167,18 +167,29 @@ impl Store for RedisStore {
     }
 
     fn allowed(&self, watcher: &str, users: &[String]) -> Result<Vec<bool>, StoreError> {
-        let began = Instant::now();
-        let mut eval = redis::cmd("EVAL");
-        eval.arg(ALLOWED_SCRIPT).arg(users.len());
-        for user in users {
-            eval.arg(self.keys.watchers(user));
+        Ok(self.allowed_many(&[(watcher, users)])?.remove(0))
+    }
+
+    /// One script call per check, all in one pipeline.
+    fn allowed_many(&self, checks: &[(&str, &[String])]) -> Result<Vec<Vec<bool>>, StoreError> {
+        let mut pipe = redis::pipe();
+        for (watcher, users) in checks {
+            let eval = pipe.cmd("EVAL").arg(ALLOWED_SCRIPT).arg(users.len());
+            for user in *users {
+                eval.arg(self.keys.watchers(user));
+            }
+            eval.arg(*watcher);
         }
-        eval.arg(watcher);
-        let reply = self.with(|con| eval.query::<String>(con));
+        let began = Instant::now();
+        let replies = self.with(|con| pipe.query::<Vec<String>>(con));
         self.metrics
             .redis_call(RedisCall::Contacts)
             .observe(began.elapsed());
-        Ok(parse_allowed(users, watcher, &reply?)?)
+        let replies = replies?;
+        let parse = |(&(watcher, users), reply): (&(&str, &[String]), String)| {
+            parse_allowed(users, watcher, &reply).map_err(StoreError::from)
+        };
+        checks.iter().zip(replies).map(parse).collect()
     }
 
     fn kind(&self) -> Kind {
