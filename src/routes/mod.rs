@@ -278,7 +278,7 @@ mod tests {
     use crate::stream::Form;
 
     /// No streams: what `/metrics` reads of them in these tests.
-    struct NoStreams;
+    pub(super) struct NoStreams;
 
     impl StreamCounts for NoStreams {
         fn open(&self) -> usize {

@@ -168,20 +168,9 @@ mod tests {
     use crate::hub::Hub;
     use crate::metrics::Metrics;
     use crate::presence::Rules;
-    use crate::routes::StreamCounts;
+    use crate::routes::tests::NoStreams;
     use crate::store::Store;
     use crate::store::memory::MemoryStore;
-
-    struct NoStreams;
-
-    impl StreamCounts for NoStreams {
-        fn open(&self) -> usize {
-            0
-        }
-        fn dropped_slow(&self) -> u64 {
-            0
-        }
-    }
 
     fn routes(policy: WatchPolicy, trusted: &str) -> Routes {
         let store = MemoryStore::new(Hub::new(4), Rules::default());

@@ -24,9 +24,7 @@ use redis::{RedisError, Value};
 
 use self::feed::{Feed, FeedState};
 use self::node::{Node, OneNode};
-use self::read::{
-    ALLOWED_SCRIPT, Allowed, AllowedLast, Last, UserRead, parse_all, parse_allowed, with_users,
-};
+use self::read::{ALLOWED_SCRIPT, Reader, UserRead, last_many, parse_all, parse_allowed};
 use self::schema::{Keys, Record};
 use self::script::RecordScript;
 use self::writer::Writers;
@@ -105,16 +103,6 @@ impl RedisStore {
         .spawn()
     }
 
-    /// Reads `read` of each of `users`, in order, in one round trip.
-    fn read<R: UserRead>(&self, users: &[String], read: &R) -> Result<Vec<R::Out>, StoreError> {
-        let mut pipe = redis::pipe();
-        for user in users {
-            read.add(&self.keys, &mut pipe, user);
-        }
-        let replies = self.with(|con| pipe.query::<Vec<Value>>(con))?;
-        Ok(parse_all(read, users, replies)?)
-    }
-
     /// Runs `f` on a pooled connection, counting failures.
     fn with<T>(
         &self,
@@ -125,6 +113,18 @@ impl RedisStore {
             Metrics::count(&self.metrics.redis_errors_total);
         }
         result
+    }
+}
+
+impl Reader for RedisStore {
+    /// In one round trip.
+    fn read<R: UserRead>(&self, users: &[String], read: &R) -> Result<Vec<R::Out>, StoreError> {
+        let mut pipe = redis::pipe();
+        for user in users {
+            read.add(&self.keys, &mut pipe, user);
+        }
+        let replies = self.with(|con| pipe.query::<Vec<Value>>(con))?;
+        Ok(parse_all(read, users, replies)?)
     }
 }
 
@@ -152,18 +152,7 @@ impl Store for RedisStore {
         users: &[String],
         watcher: Option<&str>,
     ) -> Result<Vec<(String, Presence)>, StoreError> {
-        let began = Instant::now();
-        let last = Last {
-            ttl_micros: self.ttl_micros,
-        };
-        let presences = match watcher {
-            None => self.read(users, &last),
-            Some(watcher) => self.read(users, &AllowedLast(Allowed { watcher }, last)),
-        };
-        self.metrics
-            .redis_call(RedisCall::CachedRead)
-            .observe(began.elapsed());
-        Ok(with_users(users, presences?))
+        last_many(self, users, watcher, self.ttl_micros, &self.metrics)
     }
 
     fn allowed(&self, watcher: &str, users: &[String]) -> Result<Vec<bool>, StoreError> {

@@ -1,10 +1,14 @@
 //! What is read of each user in one pipeline, on one Redis or on each master of a cluster:
 //! a [`UserRead`] adds the same commands for every user and parses each user's replies.
 
+use std::time::Instant;
+
 use redis::{FromRedisValue, ParsingError, Value};
 
 use super::schema::{Keys, LastRow, parse_last};
+use crate::metrics::{Metrics, RedisCall};
 use crate::presence::Presence;
+use crate::store::StoreError;
 
 /// A read of each of a request's users: its commands, and what their replies say.
 pub trait UserRead {
@@ -152,13 +156,33 @@ pub fn parse_all<R: UserRead>(
     users.iter().map(|u| parse(u.as_ref())).collect()
 }
 
-/// The users that have a presence, with it.
-pub fn with_users(users: &[String], presences: Vec<Option<Presence>>) -> Vec<(String, Presence)> {
-    users
-        .iter()
-        .zip(presences)
-        .filter_map(|(user, presence)| Some((user.clone(), presence?)))
-        .collect()
+/// Reads a [`UserRead`] of each of a request's users: on one Redis, or on each master of a
+/// cluster.
+pub trait Reader {
+    /// Each of `users`' `R::Out`, in order.
+    fn read<R: UserRead>(&self, users: &[String], read: &R) -> Result<Vec<R::Out>, StoreError>;
+}
+
+/// [`Store::last_many`](crate::store::Store::last_many) by `reader`: the users that have a
+/// presence (that the watcher may see, with one), with it; timed as a cached read.
+pub fn last_many(
+    reader: &impl Reader,
+    users: &[String],
+    watcher: Option<&str>,
+    ttl_micros: u64,
+    metrics: &Metrics,
+) -> Result<Vec<(String, Presence)>, StoreError> {
+    let began = Instant::now();
+    let last = Last { ttl_micros };
+    let presences = match watcher {
+        None => reader.read(users, &last),
+        Some(watcher) => reader.read(users, &AllowedLast(Allowed { watcher }, last)),
+    };
+    (metrics.redis_call(RedisCall::CachedRead)).observe(began.elapsed());
+    let found = users.iter().zip(presences?);
+    Ok(found
+        .filter_map(|(user, p)| Some((user.clone(), p?)))
+        .collect())
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use self::coordinator::{ClusterFeed, Context, FeedStates};
 use self::topology::Topology;
 use super::RedisOptions;
 use super::node::{Node, Redirect, Router};
-use super::read::{Allowed, AllowedLast, Last, UserRead, with_users};
+use super::read::{Allowed, Reader, UserRead, last_many};
 use super::schema::{Keys, Record};
 use super::script::RecordScript;
 use super::writer::Writers;
@@ -140,6 +140,21 @@ impl ClusterStore {
         Ok(out)
     }
 
+    /// Each master's users among `users[which]`, by index.
+    fn by_master(&self, users: &[String], which: &[usize]) -> Result<Groups, StoreError> {
+        let mut groups: Groups = Vec::new();
+        for &i in which {
+            let node = self.topology.node_for(&self.keys.last(&users[i]))?;
+            match groups.iter_mut().find(|(n, _)| n.addr == node.addr) {
+                Some((_, group)) => group.push(i),
+                None => groups.push((node, vec![i])),
+            }
+        }
+        Ok(groups)
+    }
+}
+
+impl Reader for ClusterStore {
     /// Reads `read` of every one of `users`, in order: one round trip per master that serves
     /// some of them, and one more for slots that moved meanwhile.
     fn read<R: UserRead>(&self, users: &[String], read: &R) -> Result<Vec<R::Out>, StoreError> {
@@ -165,19 +180,6 @@ impl ClusterStore {
             "the slots of {} users kept moving",
             left.len()
         )))
-    }
-
-    /// Each master's users among `users[which]`, by index.
-    fn by_master(&self, users: &[String], which: &[usize]) -> Result<Groups, StoreError> {
-        let mut groups: Groups = Vec::new();
-        for &i in which {
-            let node = self.topology.node_for(&self.keys.last(&users[i]))?;
-            match groups.iter_mut().find(|(n, _)| n.addr == node.addr) {
-                Some((_, group)) => group.push(i),
-                None => groups.push((node, vec![i])),
-            }
-        }
-        Ok(groups)
     }
 }
 
@@ -207,18 +209,7 @@ impl Store for ClusterStore {
         users: &[String],
         watcher: Option<&str>,
     ) -> Result<Vec<(String, Presence)>, StoreError> {
-        let began = Instant::now();
-        let last = Last {
-            ttl_micros: self.ttl_micros,
-        };
-        let presences = match watcher {
-            None => self.read(users, &last),
-            Some(watcher) => self.read(users, &AllowedLast(Allowed { watcher }, last)),
-        };
-        self.metrics
-            .redis_call(RedisCall::CachedRead)
-            .observe(began.elapsed());
-        Ok(with_users(users, presences?))
+        last_many(self, users, watcher, self.ttl_micros, &self.metrics)
     }
 
     fn allowed(&self, watcher: &str, users: &[String]) -> Result<Vec<bool>, StoreError> {
