@@ -180,6 +180,25 @@ fn median(mut times: Vec<Duration>) -> Duration {
     times[times.len() / 2]
 }
 
+/// Times `request` of the hidden user and of the one never seen, alternated `rounds` times,
+/// and asserts their medians are within noise of each other.
+fn assert_alike_in_time(what: &str, rounds: usize, request: impl Fn(&str)) {
+    let (mut hidden, mut fresh) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        for (user, times) in [("hidden", &mut hidden), ("fresh1", &mut fresh)] {
+            let started = Instant::now();
+            request(user);
+            times.push(started.elapsed());
+        }
+    }
+    let (hidden, fresh) = (median(hidden), median(fresh));
+    let apart = hidden.abs_diff(fresh);
+    assert!(
+        apart < Duration::from_micros(300) || apart < fresh / 2,
+        "{what}: hidden {hidden:?} against never seen {fresh:?}"
+    );
+}
+
 #[test]
 fn a_hidden_user_looks_exactly_like_an_allowed_user_never_seen() {
     let redis = Redis::start();
@@ -216,35 +235,12 @@ fn a_hidden_user_looks_exactly_like_an_allowed_user_never_seen() {
         assert_eq!(opened[0], opened[1], "{form}");
     }
     // Times, alternated, within noise: the hidden user's presence is read and dropped.
-    let (mut hidden, mut fresh) = (Vec::new(), Vec::new());
-    for _ in 0..40 {
-        for (user, times) in [("hidden", &mut hidden), ("fresh1", &mut fresh)] {
-            let started = Instant::now();
-            answer(user).assert_ok();
-            times.push(started.elapsed());
-        }
-    }
-    let (hidden, fresh) = (median(hidden), median(fresh));
-    let apart = hidden.abs_diff(fresh);
-    assert!(
-        apart < Duration::from_micros(300) || apart < fresh / 2,
-        "/status: hidden {hidden:?} against never seen {fresh:?}"
-    );
-    let (mut hidden, mut fresh) = (Vec::new(), Vec::new());
-    for _ in 0..20 {
-        for (user, times) in [("hidden", &mut hidden), ("fresh1", &mut fresh)] {
-            let started = Instant::now();
-            let sse = watch(&hb, &format!("/subscribe/{user}"), "bob");
-            sse.head.assert_ok();
-            times.push(started.elapsed());
-        }
-    }
-    let (hidden, fresh) = (median(hidden), median(fresh));
-    let apart = hidden.abs_diff(fresh);
-    assert!(
-        apart < Duration::from_micros(300) || apart < fresh / 2,
-        "stream opening: hidden {hidden:?} against never seen {fresh:?}"
-    );
+    assert_alike_in_time("/status", 40, |user| answer(user).assert_ok());
+    assert_alike_in_time("stream opening", 20, |user| {
+        watch(&hb, &format!("/subscribe/{user}"), "bob")
+            .head
+            .assert_ok()
+    });
 }
 
 #[test]
