@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs and a fresh Debian machine with Rust lacks, and nothing
-# that is there already: redis-server, redis-benchmark, wrk, chromium and python3's venv
-# (Debian packages), the musl target (rustup) and cargo-fuzz (crates.io). scripts/test.sh
+# that is there already: redis-server, redis-benchmark, wrk, chromium, python3's venv, openssl
+# (the TLS tests' certificates) and musl-gcc (ring's C code in the static binary), as Debian
+# packages; the musl target (rustup) and cargo-fuzz (crates.io). scripts/test.sh
 # runs it first; apt-get needs root (or sudo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +13,8 @@ command -v redis-benchmark >/dev/null 2>&1 || missing+=(redis-tools)
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v musl-gcc >/dev/null 2>&1 || missing+=(musl-tools)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=()
   if [ "$(id -u)" -ne 0 ]; then

@@ -42,12 +42,13 @@ use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::routes::Routes;
 use crate::server::{Server, Shared, Stopper};
-use crate::store::Store;
 use crate::store::cached::CachedReads;
 use crate::store::contacts::ContactChecks;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::cluster::ClusterStore;
+use crate::store::redis::tls::Tls;
 use crate::store::redis::{RedisOptions, RedisStore};
+use crate::store::{Store, StoreError};
 use crate::stream::{Streams, Writing};
 use crate::worker::Worker;
 
@@ -138,12 +139,21 @@ pub fn run() -> Result<(), Error> {
     metrics
         .connection_budget
         .store(budget.connections, Ordering::Relaxed);
+    let tls = match config.store.tls() {
+        true => {
+            Some(Arc::new(Tls::new(&config.redis_tls).map_err(|e| {
+                Error::Setup("TLS to Redis".into(), e.into())
+            })?))
+        }
+        false => None,
+    };
     let redis_options = RedisOptions {
         key_prefix: config.key_prefix.clone(),
         pool_size: config.redis_pool_size,
         timeout: config.redis_timeout,
         wait_replicas: config.redis_wait_replicas,
         presence: config.presence.clone(),
+        tls,
     };
     // Stopped in reverse order of starting: the feed before the cached reads it asks.
     let mut workers: Vec<Worker> = Vec::new();
@@ -171,6 +181,7 @@ pub fn run() -> Result<(), Error> {
             &hub,
             &mut workers,
             "redis-psubscribe",
+            RedisStore::probe,
             RedisStore::start_feed,
         )?,
         StoreConfig::Cluster(seeds) => with_feed(
@@ -179,6 +190,7 @@ pub fn run() -> Result<(), Error> {
             &hub,
             &mut workers,
             "redis-cluster",
+            ClusterStore::probe,
             ClusterStore::start_feed,
         )?,
     };
@@ -265,13 +277,14 @@ pub fn run() -> Result<(), Error> {
 
 /// A Redis store as `start` made it, with its writers, then its `cached-reads` thread and
 /// its feed (`start_feed`, on the `feed` thread), which asks that thread to resync; all
-/// three join `workers`.
+/// three join `workers`. Over TLS, `probe` first: a certificate refused stops the start.
 fn with_feed<S: Store + 'static>(
     started: Result<(S, Worker), redis::RedisError>,
     config: &Config,
     hub: &Arc<Hub>,
     workers: &mut Vec<Worker>,
     feed: &str,
+    probe: impl FnOnce(&S) -> Result<(), StoreError>,
     start_feed: impl FnOnce(&S, Arc<Hub>, CachedReads) -> std::io::Result<Worker>,
 ) -> Result<(Arc<dyn Store>, CachedReads), Error> {
     let (store, writers) = started.map_err(setup(&format!("redis client for {}", config.store)))?;
@@ -282,6 +295,15 @@ fn with_feed<S: Store + 'static>(
         config.key_prefix
     );
     workers.push(writers);
+    if config.store.tls() {
+        match probe(&store) {
+            Ok(()) => log::info!("TLS with Redis: certificate accepted"),
+            Err(e @ StoreError::Tls(_)) => {
+                return Err(Error::Setup(config.store.to_string(), e.into()));
+            }
+            Err(e) => log::warn!("Redis not reached at start ({e}): pings get 503 until it is"),
+        }
+    }
     let store = Arc::new(store);
     let (cached, worker) =
         CachedReads::start(store.clone(), Arc::clone(hub)).map_err(setup("cached-reads thread"))?;

@@ -61,8 +61,10 @@ fn healthz_is_503_when_only_the_subscription_is_down() {
     let health = heartbeat.get("/healthz");
     assert_eq!(health.status, 503, "{health:?}");
     assert!(health.body.contains("subscription down"), "{}", health.body);
+    // A permission refused is named as such: retrying will not mend it.
     assert!(
-        health.body.contains(r#""cause":"feed_down""#),
+        health.body.contains(r#""cause":"permission_denied""#)
+            && health.body.contains("'psubscribe'"),
         "{}",
         health.body
     );

@@ -5,7 +5,8 @@ use std::fmt;
 
 pub(super) const LISTEN_EXPECTED: &str = "host:port, :port or [v6]:port";
 pub(super) const REDIS_EXPECTED: &str = "host:port, :port, redis://[user:pass@]host:port[/db], \
-     cluster://[user:pass@]host:port[,host:port...] or memory";
+     cluster://[user:pass@]host:port[,host:port...], the same with rediss:// or clusters:// for \
+     TLS, or memory";
 
 /// The `LISTEN` address, kept as text until bound so host names resolve at bind time.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,7 +21,7 @@ pub struct Listen {
 pub enum StoreConfig {
     /// In-process state for a single instance; lost on exit.
     Memory,
-    /// A `redis://` URL.
+    /// A `redis://` or `rediss://` URL.
     Redis(String),
     /// Seed nodes of a Redis Cluster.
     Cluster(ClusterSeeds),
@@ -34,14 +35,29 @@ pub struct ClusterSeeds {
     pub seeds: Vec<String>,
     /// `user:pass`, `:pass` or `user`, as in the URL.
     pub userinfo: Option<String>,
+    /// Whether every node is reached by TLS (`clusters://`).
+    pub tls: bool,
+}
+
+impl StoreConfig {
+    /// Whether the store is reached by TLS.
+    pub fn tls(&self) -> bool {
+        match self {
+            StoreConfig::Memory => false,
+            StoreConfig::Redis(url) => url.starts_with("rediss://"),
+            StoreConfig::Cluster(cluster) => cluster.tls,
+        }
+    }
 }
 
 impl ClusterSeeds {
-    /// The `redis://` URL of the node at `addr` (`host:port`), with the cluster's credentials.
+    /// The `redis://` (or `rediss://`) URL of the node at `addr` (`host:port`), with the
+    /// cluster's credentials.
     pub fn url(&self, addr: &str) -> String {
+        let scheme = if self.tls { "rediss" } else { "redis" };
         match &self.userinfo {
-            Some(userinfo) => format!("redis://{userinfo}@{addr}"),
-            None => format!("redis://{addr}"),
+            Some(userinfo) => format!("{scheme}://{userinfo}@{addr}"),
+            None => format!("{scheme}://{addr}"),
         }
     }
 }
@@ -53,7 +69,11 @@ impl fmt::Display for StoreConfig {
             StoreConfig::Memory => return f.write_str("memory"),
             StoreConfig::Redis(url) => url,
             StoreConfig::Cluster(cluster) => {
-                f.write_str("cluster://")?;
+                f.write_str(if cluster.tls {
+                    "clusters://"
+                } else {
+                    "cluster://"
+                })?;
                 if let Some(userinfo) = &cluster.userinfo {
                     match userinfo.split_once(':') {
                         Some((user, _)) => write!(f, "{user}:***@")?,
@@ -108,9 +128,16 @@ pub(super) fn parse_store(value: &str) -> Option<StoreConfig> {
         return Some(StoreConfig::Memory);
     }
     if let Some(cluster) = value.strip_prefix("cluster://") {
-        return parse_cluster(cluster).map(StoreConfig::Cluster);
+        return parse_cluster(cluster, false).map(StoreConfig::Cluster);
     }
-    let url = if value.starts_with("redis://") {
+    if let Some(cluster) = value.strip_prefix("clusters://") {
+        return parse_cluster(cluster, true).map(StoreConfig::Cluster);
+    }
+    // The redis crate's `#insecure` would skip the certificate check: not offered.
+    if value.contains('#') {
+        return None;
+    }
+    let url = if value.starts_with("redis://") || value.starts_with("rediss://") {
         value.to_owned()
     } else {
         format!("redis://{}", parse_address(value)?)
@@ -130,8 +157,8 @@ fn parse_address(value: &str) -> Option<String> {
     Some(host_port(host, listen.port))
 }
 
-/// What follows `cluster://`: `[user:pass@]host:port[,host:port...]`.
-fn parse_cluster(value: &str) -> Option<ClusterSeeds> {
+/// What follows `cluster://` (or `clusters://`, `tls`): `[user:pass@]host:port[,host:port...]`.
+fn parse_cluster(value: &str, tls: bool) -> Option<ClusterSeeds> {
     let (userinfo, hosts) = match value.rsplit_once('@') {
         Some((userinfo, hosts)) if !userinfo.is_empty() => (Some(userinfo.to_owned()), hosts),
         Some(_) => return None,
@@ -141,7 +168,11 @@ fn parse_cluster(value: &str) -> Option<ClusterSeeds> {
         .split(',')
         .map(|host| parse_address(host.trim()))
         .collect::<Option<Vec<String>>>()?;
-    let cluster = ClusterSeeds { seeds, userinfo };
+    let cluster = ClusterSeeds {
+        seeds,
+        userinfo,
+        tls,
+    };
     for seed in &cluster.seeds {
         redis::Client::open(cluster.url(seed).as_str()).ok()?;
     }

@@ -5,6 +5,7 @@
 
 mod access;
 mod address;
+mod tls;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -19,6 +20,8 @@ pub use self::access::{Cors, TrustedProxies, WatchPolicy};
 use self::access::{parse_cors, parse_trusted, read_watching};
 pub use self::address::{ClusterSeeds, Listen, StoreConfig, host_port};
 use self::address::{LISTEN_EXPECTED, REDIS_EXPECTED, parse_listen, parse_store};
+pub use self::tls::RedisTls;
+use self::tls::read_tls;
 
 /// Everything the service reads from its environment.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,6 +29,8 @@ pub struct Config {
     /// Where to listen, as `host:port`; an empty host means all interfaces.
     pub listen: Listen,
     pub store: StoreConfig,
+    /// The certificates of TLS to Redis, when the store is reached by TLS.
+    pub redis_tls: RedisTls,
     /// Prefix of every Redis key and channel, so heartbeat can share a Redis.
     pub key_prefix: String,
     /// Silence after which a stream gets a `:` comment line.
@@ -93,6 +98,9 @@ impl Default for Limits {
 pub const DEFAULTS: &[(&str, &str)] = &[
     ("LISTEN", ":8080"),
     ("REDIS", ":6379"),
+    ("REDIS_CA_FILE", ""),
+    ("REDIS_CLIENT_CERT_FILE", ""),
+    ("REDIS_CLIENT_KEY_FILE", ""),
     ("KEY_PREFIX", "heartbeat:"),
     ("KEEPALIVE_SECS", "25"),
     ("MAX_STREAM_SECS", ""),
@@ -189,9 +197,11 @@ impl Config {
             _ => vars.parse("KEY_PREFIX", parse_prefix, PREFIX_EXPECTED)?,
         };
         let (watch_policy, max_stream) = read_watching(&vars, &store)?;
+        let redis_tls = read_tls(&vars, &store)?;
         Ok(Config {
             listen: vars.parse("LISTEN", parse_listen, LISTEN_EXPECTED)?,
             store,
+            redis_tls,
             key_prefix,
             keepalive: vars.seconds("KEEPALIVE_SECS")?,
             max_stream,
@@ -466,6 +476,7 @@ pub(super) mod tests {
             StoreConfig::Cluster(ClusterSeeds {
                 seeds: seeds.iter().map(|s| s.to_string()).collect(),
                 userinfo: userinfo.map(str::to_owned),
+                tls: false,
             })
         };
         assert_eq!(
@@ -492,6 +503,53 @@ pub(super) mod tests {
     }
 
     #[test]
+    fn tls_addresses_are_read_and_their_files_need_one() {
+        let store = |v: &str| config(&[("REDIS", v)]).map(|c| c.store);
+        let tls = store("rediss://u:p@localhost:6380/1").unwrap();
+        assert!(tls.tls());
+        assert_eq!(tls.to_string(), "rediss://u:***@localhost:6380/1");
+        let cluster = store("clusters://u:p@a:1,b:2").unwrap();
+        assert!(cluster.tls());
+        assert_eq!(cluster.to_string(), "clusters://u:***@a:1,b:2");
+        let StoreConfig::Cluster(seeds) = cluster else {
+            panic!("a cluster")
+        };
+        assert_eq!(seeds.url("a:1"), "rediss://u:p@a:1");
+        assert!(!store("cluster://a:1").unwrap().tls());
+        assert!(store("rediss://localhost:6380/#insecure").is_err());
+
+        let dir = std::env::temp_dir().join(format!("hb-tls-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, "not checked here").unwrap();
+        let ca = ca.to_str().unwrap();
+        let c = config(&[("REDIS", "rediss://h:1"), ("REDIS_CA_FILE", ca)]).unwrap();
+        assert_eq!(
+            c.redis_tls.ca,
+            Some((ca.to_owned(), b"not checked here".to_vec()))
+        );
+        let err = config(&[("REDIS", "h:1"), ("REDIS_CA_FILE", ca)]).unwrap_err();
+        assert!(err.to_string().contains("a TLS address"), "{err}");
+        let err = config(&[("REDIS", "rediss://h:1"), ("REDIS_CLIENT_KEY_FILE", ca)]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("REDIS_CLIENT_CERT_FILE set as well"),
+            "{err}"
+        );
+        let missing = dir.join("missing.pem");
+        let err = config(&[
+            ("REDIS", "rediss://h:1"),
+            ("REDIS_CA_FILE", missing.to_str().unwrap()),
+        ])
+        .unwrap_err();
+        assert!(
+            err.to_string().starts_with("invalid REDIS_CA_FILE="),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn passwords_are_hidden_when_the_store_is_shown() {
         let shown = |url: &str| StoreConfig::Redis(url.into()).to_string();
         assert_eq!(shown("redis://u:secret@h:1/0"), "redis://u:***@h:1/0");
@@ -502,6 +560,7 @@ pub(super) mod tests {
             StoreConfig::Cluster(ClusterSeeds {
                 seeds: vec!["a:1".into(), "b:2".into()],
                 userinfo: userinfo.map(str::to_owned),
+                tls: false,
             })
             .to_string()
         };

@@ -14,6 +14,8 @@ pub enum StoreError {
     TimedOut,
     /// Redis could not be reached, or the connection broke during the call.
     Unavailable(RedisError),
+    /// TLS with Redis failed: a certificate refused by either side, or a handshake gone wrong.
+    Tls(RedisError),
     /// Redis answered with an error, or with a reply heartbeat cannot read.
     Refused(RedisError),
     /// The Redis user may not run a command or use a key or channel (ACL `NOPERM`), or its
@@ -35,6 +37,7 @@ impl StoreError {
         match self {
             StoreError::TimedOut => "timed_out",
             StoreError::Unavailable(_) => "unavailable",
+            StoreError::Tls(_) => "tls",
             StoreError::Refused(_) => "refused",
             StoreError::PermissionDenied(_) => "permission_denied",
             StoreError::Moved(_) => "moved",
@@ -49,6 +52,9 @@ impl From<RedisError> for StoreError {
     fn from(error: RedisError) -> StoreError {
         if error.is_timeout() {
             return StoreError::TimedOut;
+        }
+        if crate::store::redis::tls::is_tls_failure(&error) {
+            return StoreError::Tls(error);
         }
         match error.kind() {
             ErrorKind::Server(ServerErrorKind::NoPerm) | ErrorKind::AuthenticationFailed => {
@@ -86,6 +92,11 @@ impl fmt::Display for StoreError {
         match self {
             StoreError::TimedOut => f.write_str("store unavailable: Redis did not answer in time"),
             StoreError::Unavailable(e) => write!(f, "store unavailable: {}", one_line(e)),
+            StoreError::Tls(e) => write!(
+                f,
+                "store unavailable: TLS with Redis failed: {}",
+                one_line(e)
+            ),
             StoreError::Refused(e) => {
                 write!(f, "store unavailable: Redis refused: {}", one_line(e))
             }
@@ -108,6 +119,7 @@ impl std::error::Error for StoreError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             StoreError::Unavailable(e)
+            | StoreError::Tls(e)
             | StoreError::Refused(e)
             | StoreError::PermissionDenied(e) => Some(e),
             _ => None,
@@ -125,8 +137,9 @@ fn one_line(error: &RedisError) -> String {
 pub enum Unhealthy {
     /// The store does not answer.
     Unreachable(StoreError),
-    /// Commands work, but the feed that brings other instances' pings is down.
-    FeedDown,
+    /// Commands work, but the feed that brings other instances' pings is down: why, if it
+    /// has been up and lost, or failed to come up.
+    FeedDown(Option<StoreError>),
     /// Some shards of a cluster cannot store or deliver pings now.
     Shards(Vec<ShardProblem>),
 }
@@ -138,16 +151,21 @@ pub enum ShardProblem {
     Uncovered(usize),
     /// The master at the address does not answer, or refuses.
     Failing(String, StoreError),
-    /// The master at the address answers, but its feed is down.
-    FeedDown(String),
+    /// The master at the address answers, but its feed is down (why, if known).
+    FeedDown(String, Option<StoreError>),
 }
 
 impl Unhealthy {
-    /// A short name of the cause, for `/healthz`: the store error's, `feed_down` or `shards`.
+    /// A short name of the cause, for `/healthz`: the store error's, `feed_down` (or the
+    /// feed's error, when it is a permission or TLS one, which retrying will not mend) or
+    /// `shards`.
     pub fn cause(&self) -> &'static str {
         match self {
             Unhealthy::Unreachable(e) => e.cause(),
-            Unhealthy::FeedDown => "feed_down",
+            Unhealthy::FeedDown(Some(
+                e @ (StoreError::PermissionDenied(_) | StoreError::Tls(_)),
+            )) => e.cause(),
+            Unhealthy::FeedDown(_) => "feed_down",
             Unhealthy::Shards(_) => "shards",
         }
     }
@@ -157,7 +175,8 @@ impl fmt::Display for Unhealthy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Unhealthy::Unreachable(e) => write!(f, "{e}"),
-            Unhealthy::FeedDown => f.write_str("redis subscription down"),
+            Unhealthy::FeedDown(None) => f.write_str("redis subscription down"),
+            Unhealthy::FeedDown(Some(e)) => write!(f, "redis subscription down: {e}"),
             Unhealthy::Shards(problems) => {
                 for (i, problem) in problems.iter().enumerate() {
                     if i > 0 {
@@ -166,8 +185,11 @@ impl fmt::Display for Unhealthy {
                     match problem {
                         ShardProblem::Uncovered(n) => write!(f, "{n} slots have no master")?,
                         ShardProblem::Failing(addr, e) => write!(f, "shard {addr}: {e}")?,
-                        ShardProblem::FeedDown(addr) => {
+                        ShardProblem::FeedDown(addr, None) => {
                             write!(f, "shard {addr}: redis subscription down")?
+                        }
+                        ShardProblem::FeedDown(addr, Some(e)) => {
+                            write!(f, "shard {addr}: redis subscription down: {e}")?
                         }
                     }
                 }
@@ -220,7 +242,7 @@ mod tests {
         let unhealthy = Unhealthy::Shards(vec![
             ShardProblem::Uncovered(12),
             ShardProblem::Failing("a:1".into(), StoreError::TimedOut),
-            ShardProblem::FeedDown("b:2".into()),
+            ShardProblem::FeedDown("b:2".into(), None),
         ]);
         assert_eq!(
             unhealthy.to_string(),

@@ -6,18 +6,41 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::redis::Redis;
+use super::tls::Pki;
 use super::wait_until;
 
 /// Six `redis-server --cluster-enabled yes` nodes joined by `redis-cli --cluster create`.
 pub struct Cluster {
     pub nodes: Vec<Redis>,
+    /// Whether the nodes speak TLS only, to clients and to each other.
+    tls: bool,
 }
 
 impl Cluster {
     pub fn start() -> Cluster {
-        let nodes: Vec<Redis> = (0..6).map(|_| start_node()).collect();
+        Cluster::start_with(None)
+    }
+
+    /// A cluster that speaks TLS only, with `pki`'s server certificate, to clients and on
+    /// its bus.
+    pub fn start_tls(pki: &Pki) -> Cluster {
+        Cluster::start_with(Some(pki))
+    }
+
+    fn start_with(pki: Option<&Pki>) -> Cluster {
+        let nodes: Vec<Redis> = (0..6).map(|_| start_node(pki)).collect();
         let addrs: Vec<String> = nodes.iter().map(Redis::addr).collect();
-        let out = Command::new("redis-cli")
+        let mut create = Command::new("redis-cli");
+        if let Some(pki) = pki {
+            create.args(["--tls", "--cacert", &pki.file("ca.crt")]);
+            create.args([
+                "--cert",
+                &pki.file("client.crt"),
+                "--key",
+                &pki.file("client.key"),
+            ]);
+        }
+        let out = create
             .args(["--cluster", "create"])
             .args(&addrs)
             .args(["--cluster-replicas", "1", "--cluster-yes"])
@@ -29,7 +52,10 @@ impl Cluster {
             "redis-cli --cluster create failed: {}",
             String::from_utf8_lossy(&out.stdout)
         );
-        let cluster = Cluster { nodes };
+        let cluster = Cluster {
+            nodes,
+            tls: pki.is_some(),
+        };
         cluster.wait_until_ok(Duration::from_secs(20));
         // And every replica has synced with its master, so a failover loses nothing.
         let synced = wait_until(Duration::from_secs(20), || {
@@ -52,7 +78,8 @@ impl Cluster {
 
     /// The `REDIS` value that points heartbeat at the cluster (one seed node).
     pub fn url(&self) -> String {
-        format!("cluster://{}", self.nodes[0].addr())
+        let scheme = if self.tls { "clusters" } else { "cluster" };
+        format!("{scheme}://{}", self.nodes[0].addr())
     }
 
     /// Waits until every live node says the cluster is ok and agrees on who serves slot 0.
@@ -216,23 +243,32 @@ impl Cluster {
     }
 }
 
-/// A cluster-enabled node on a free port whose bus port (+10000) is free too.
-fn start_node() -> Redis {
+/// A cluster-enabled node on a free port whose bus port (+10000) is free too; TLS-only with
+/// `pki`'s certificates if there is one.
+fn start_node(pki: Option<&Pki>) -> Redis {
     for _ in 0..50 {
         let port = 20_000 + (rand() % 25_000) as u16;
         let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
         if !free(port) || !free(port + 10_000) {
             continue;
         }
-        let args = [
+        let mut args: Vec<String> = [
             "--cluster-enabled",
             "yes",
             "--cluster-node-timeout",
             "2000",
             "--cluster-config-file",
             "nodes.conf",
-        ];
-        if let Some(redis) = Redis::try_start_with(port, &args) {
+        ]
+        .map(String::from)
+        .to_vec();
+        if let Some(pki) = pki {
+            args.extend(pki.server_args(port, "server", false));
+            args.extend(["--tls-cluster", "yes", "--tls-replication", "yes"].map(String::from));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let tls = pki.map(Pki::client_certificates);
+        if let Some(redis) = Redis::try_start_tls(port, &args, tls) {
             return redis;
         }
     }

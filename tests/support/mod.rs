@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod heartbeat;
 pub mod proxy;
 pub mod redis;
+pub mod tls;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -19,6 +20,7 @@ pub use self::cluster::Cluster;
 pub use self::heartbeat::{Heartbeat, binary, children_of, is_static, key_prefix, sample_in};
 pub use self::proxy::{Link, Proxy};
 pub use self::redis::{Redis, free_port};
+pub use self::tls::Pki;
 
 /// Now, in UTC epoch seconds.
 pub fn now_secs() -> u64 {

@@ -12,6 +12,8 @@ pub struct Redis {
     child: Option<Child>,
     pub port: u16,
     dir: TempDir,
+    /// How the test's own connections speak TLS to a TLS-only server.
+    tls: Option<redis::TlsCertificates>,
 }
 
 impl Redis {
@@ -50,6 +52,16 @@ impl Redis {
     /// Starts on `port` with `args` added to the command line, or `None` if it exits (most
     /// likely the port was taken).
     pub fn try_start_with(port: u16, args: &[&str]) -> Option<Redis> {
+        Redis::try_start_tls(port, args, None)
+    }
+
+    /// As [`Redis::try_start_with`]; `tls` is how the test's connections reach it if `args`
+    /// make it TLS-only (`--port 0 --tls-port <port>`).
+    pub fn try_start_tls(
+        port: u16,
+        args: &[&str],
+        tls: Option<redis::TlsCertificates>,
+    ) -> Option<Redis> {
         let dir = TempDir::new("redis");
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
@@ -70,6 +82,7 @@ impl Redis {
             child: Some(child),
             port,
             dir,
+            tls,
         };
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
@@ -78,7 +91,13 @@ impl Redis {
                 redis.child = None;
                 return None;
             }
-            if redis.connection().is_ok() {
+            // A TLS server may show a certificate the test's client would refuse: listening
+            // is enough.
+            let up = match redis.tls {
+                Some(_) => std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+                None => redis.connection().is_ok(),
+            };
+            if up {
                 return Some(redis);
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -92,7 +111,13 @@ impl Redis {
     }
 
     pub fn connection(&self) -> redis::RedisResult<redis::Connection> {
-        let client = redis::Client::open(format!("redis://127.0.0.1:{}", self.port))?;
+        let client = match &self.tls {
+            None => redis::Client::open(format!("redis://127.0.0.1:{}", self.port))?,
+            Some(tls) => redis::Client::build_with_tls(
+                format!("rediss://localhost:{}", self.port),
+                tls.clone(),
+            )?,
+        };
         client.get_connection_with_timeout(Duration::from_secs(1))
     }
 

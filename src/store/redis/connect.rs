@@ -1,9 +1,11 @@
 //! Reaching Redis within a time budget: new connections, and reused ones made ready for a
-//! call's deadline, for the pool and the writers; and plain sockets, authenticated the same
-//! way, for the feeds, which read what Redis pushes with their own parser.
+//! call's deadline, for the pool and the writers; and [`Wire`]s (a socket, with TLS where the
+//! URL says `rediss://`), authenticated the same way, for the feeds, which read what Redis
+//! pushes with their own parser.
 
 use std::io::{BufReader, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis::{
@@ -11,9 +13,13 @@ use redis::{
     Value,
 };
 
+use super::tls::{Tls, Wire};
+
 /// How to reach Redis within a time budget.
 pub struct Connector {
     client: Client,
+    /// How a `rediss://` URL's connections speak TLS.
+    tls: Option<Arc<Tls>>,
     /// Replies the redis crate waits for while setting a connection up (`AUTH`, `SELECT`).
     setup_replies: u32,
     /// How far a reused connection's timeout may fall short of the time a call has left
@@ -28,15 +34,35 @@ pub struct Link {
 }
 
 impl Connector {
-    /// A connector for `url` whose calls get `timeout` each. The crate's `CLIENT SETINFO` is
-    /// skipped: it costs a round trip per connection and Redis before 7.2 refuses it anyway.
-    pub fn new(url: &str, timeout: Duration) -> Result<Connector, RedisError> {
+    /// A connector for `url` whose calls get `timeout` each, speaking TLS as `tls` says if
+    /// the URL is `rediss://`. The crate's `CLIENT SETINFO` is skipped: it costs a round trip
+    /// per connection and Redis before 7.2 refuses it anyway.
+    pub fn new(
+        url: &str,
+        timeout: Duration,
+        tls: Option<&Arc<Tls>>,
+    ) -> Result<Connector, RedisError> {
         let info = url.into_connection_info()?;
         let settings = info.redis_settings().clone().set_skip_set_lib_name();
         let setup_replies =
             u32::from(settings.password().is_some()) + u32::from(settings.db() != 0);
+        let info = info.set_redis_settings(settings);
+        let (client, tls) = match (info.addr(), tls) {
+            (ConnectionAddr::TcpTls { .. }, Some(tls)) => {
+                (tls.client(info)?, Some(Arc::clone(tls)))
+            }
+            (ConnectionAddr::TcpTls { .. }, None) => {
+                let e = (
+                    ErrorKind::InvalidClientConfig,
+                    "rediss:// without TLS settings",
+                );
+                return Err(e.into());
+            }
+            _ => (Client::open(info)?, None),
+        };
         Ok(Connector {
-            client: Client::open(info.set_redis_settings(settings))?,
+            client,
+            tls,
             setup_replies,
             slack: timeout / 16,
         })
@@ -54,15 +80,16 @@ impl Connector {
         Ok(con)
     }
 
-    /// A plain TCP connection for a feed, authenticated as the URL says, whose connect, reads
-    /// and writes each time out after `timeout`; and a buffered reader of it.
-    pub fn subscriber(
-        &self,
-        timeout: Duration,
-    ) -> Result<(TcpStream, BufReader<TcpStream>), RedisError> {
+    /// A connection for a feed, over TLS if the URL says so, authenticated as the URL says,
+    /// whose connect, handshake, reads and writes each time out after `timeout`; and a
+    /// buffered reader of it.
+    pub fn subscriber(&self, timeout: Duration) -> Result<(Wire, BufReader<Wire>), RedisError> {
         let info = self.client.get_connection_info();
-        let ConnectionAddr::Tcp(host, port) = info.addr() else {
-            return Err((ErrorKind::InvalidClientConfig, "not a TCP address").into());
+        let (host, port) = match info.addr() {
+            ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. } => {
+                (host, port)
+            }
+            _ => return Err((ErrorKind::InvalidClientConfig, "not a TCP address").into()),
         };
         let mut last = None;
         for addr in (host.as_str(), *port).to_socket_addrs()? {
@@ -71,6 +98,10 @@ impl Connector {
                     stream.set_nodelay(true)?;
                     stream.set_read_timeout(Some(timeout))?;
                     stream.set_write_timeout(Some(timeout))?;
+                    let stream = match &self.tls {
+                        Some(tls) => tls.handshake(host, stream)?,
+                        None => Wire::plain(stream),
+                    };
                     let mut reader = BufReader::new(stream.try_clone()?);
                     let settings = info.redis_settings();
                     if let Some(password) = settings.password() {
@@ -160,7 +191,7 @@ mod tests {
             String::from_utf8(got[..n].to_vec()).unwrap()
         });
         let url = format!("redis://hb:p%40ss@127.0.0.1:{port}");
-        let connector = Connector::new(&url, Duration::from_secs(2)).unwrap();
+        let connector = Connector::new(&url, Duration::from_secs(2), None).unwrap();
         connector.subscriber(Duration::from_secs(2)).unwrap();
         assert_eq!(
             server.join().unwrap(),

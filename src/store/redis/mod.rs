@@ -15,6 +15,7 @@ mod read;
 pub mod schema;
 pub mod script;
 mod slot;
+pub mod tls;
 mod writer;
 
 use std::sync::Arc;
@@ -23,7 +24,7 @@ use std::time::{Duration, Instant};
 use redis::{RedisError, Value};
 
 use self::feed::{Feed, FeedState};
-use self::node::{Node, OneNode};
+use self::node::{Node, OneNode, Reach};
 use self::read::{ALLOWED_SCRIPT, Reader, UserRead, last_many, parse_all, parse_allowed};
 use self::schema::{Keys, Record};
 use self::script::RecordScript;
@@ -47,6 +48,19 @@ pub struct RedisOptions {
     pub wait_replicas: u32,
     /// The presence rules the record script applies.
     pub presence: Rules,
+    /// TLS, for a `rediss://` or `clusters://` store.
+    pub tls: Option<Arc<self::tls::Tls>>,
+}
+
+impl RedisOptions {
+    /// How to reach each node.
+    fn reach(&self) -> Reach {
+        Reach {
+            pool_size: self.pool_size,
+            timeout: self.timeout,
+            tls: self.tls.clone(),
+        }
+    }
 }
 
 /// Last pings in Redis, shared by every instance on the same Redis and prefix.
@@ -70,7 +84,7 @@ impl RedisStore {
         options: &RedisOptions,
         metrics: Arc<Metrics>,
     ) -> Result<(RedisStore, Worker), RedisError> {
-        let node = Arc::new(Node::new(url, url, options.pool_size, options.timeout)?);
+        let node = Arc::new(Node::new(url, url, &options.reach())?);
         let router = Arc::new(OneNode(Arc::clone(&node)));
         let script = RecordScript::new(&options.presence);
         let nodes = [Arc::clone(&node)];
@@ -86,6 +100,13 @@ impl RedisStore {
             metrics,
         };
         Ok((store, worker))
+    }
+
+    /// One `PING` on a connection of its own: at start, to tell a refused certificate (which
+    /// stops the start) from a Redis not up yet.
+    pub fn probe(&self) -> Result<(), StoreError> {
+        self.with(|con| redis::cmd("PING").query::<String>(con))
+            .map(drop)
     }
 
     /// Starts the `redis-psubscribe` thread, which hands this store's pings, from every
@@ -187,7 +208,7 @@ impl Store for RedisStore {
 
     fn health(&self) -> Result<(), Unhealthy> {
         if !self.feed.is_up() {
-            return Err(Unhealthy::FeedDown);
+            return Err(Unhealthy::FeedDown(self.feed.lost()));
         }
         let began = Instant::now();
         let pong = self.with(|con| redis::cmd("PING").query::<String>(con));

@@ -8,7 +8,19 @@ use redis::{RedisError, ServerError, ServerErrorKind};
 
 use super::connect::Connector;
 use super::pool::Pool;
+use super::tls::Tls;
 use crate::store::StoreError;
+
+/// How heartbeat reaches each node: the same for every node of a cluster.
+#[derive(Clone)]
+pub struct Reach {
+    /// Most pooled connections (reads and health checks), per node.
+    pub pool_size: usize,
+    /// Connect, read and write timeout, and each call's deadline.
+    pub timeout: Duration,
+    /// TLS, for `rediss://` nodes.
+    pub tls: Option<Arc<Tls>>,
+}
 
 /// A Redis server: its address, how to connect to it, and its pool for reads and checks.
 pub struct Node {
@@ -19,17 +31,12 @@ pub struct Node {
 }
 
 impl Node {
-    /// A node at the `redis://` `url`, named `addr`, whose calls get `timeout` each.
-    pub fn new(
-        addr: &str,
-        url: &str,
-        pool_size: usize,
-        timeout: Duration,
-    ) -> Result<Node, RedisError> {
-        let connector = Arc::new(Connector::new(url, timeout)?);
+    /// A node at the `redis://` or `rediss://` `url`, named `addr`, reached as `reach` says.
+    pub fn new(addr: &str, url: &str, reach: &Reach) -> Result<Node, RedisError> {
+        let connector = Arc::new(Connector::new(url, reach.timeout, reach.tls.as_ref())?);
         Ok(Node {
             addr: addr.to_owned(),
-            pool: Pool::new(Arc::clone(&connector), pool_size, timeout),
+            pool: Pool::new(Arc::clone(&connector), reach.pool_size, reach.timeout),
             connector,
         })
     }

@@ -54,7 +54,7 @@ impl ClusterStore {
         options: &RedisOptions,
         metrics: Arc<Metrics>,
     ) -> Result<(ClusterStore, Worker), RedisError> {
-        let (topology, wake) = Topology::new(seeds.clone(), options.pool_size, options.timeout);
+        let (topology, wake) = Topology::new(seeds.clone(), options.reach());
         let router: Arc<dyn Router> = topology.clone();
         let script = RecordScript::new(&options.presence);
         let (writers, worker) =
@@ -70,6 +70,26 @@ impl ClusterStore {
             metrics,
         };
         Ok((store, worker))
+    }
+
+    /// One `PING` to each seed: at start, to tell a refused certificate (which stops the
+    /// start) from a cluster not up yet. The first error, if any.
+    pub fn probe(&self) -> Result<(), StoreError> {
+        let mut first = Ok(());
+        for seed in self.topology.seeds() {
+            let Some(node) = self.topology.node(seed) else {
+                continue;
+            };
+            let pong = node
+                .pool
+                .with(|con| redis::cmd("PING").query::<String>(con));
+            match pong {
+                Err(e @ StoreError::Tls(_)) => return Err(e),
+                Err(e) if first.is_ok() => first = Err(e),
+                _ => {}
+            }
+        }
+        first
     }
 
     /// Starts the `redis-cluster` thread, which keeps the slot map and a `redis-ssubscribe`
@@ -243,7 +263,10 @@ impl Store for ClusterStore {
             let feed_up = self.feeds.read().get(&node.addr).is_some_and(|f| f.is_up());
             match (pong, feed_up) {
                 (Err(e), _) => problems.push(ShardProblem::Failing(node.addr.clone(), e)),
-                (Ok(_), false) => problems.push(ShardProblem::FeedDown(node.addr.clone())),
+                (Ok(_), false) => {
+                    let lost = self.feeds.read().get(&node.addr).and_then(|f| f.lost());
+                    problems.push(ShardProblem::FeedDown(node.addr.clone(), lost))
+                }
                 (Ok(_), true) => {}
             }
         }

@@ -11,7 +11,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
-use std::net::{Shutdown, TcpStream};
+use std::net::Shutdown;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -20,11 +20,13 @@ use parking_lot::Mutex;
 use redis::{RedisError, Value};
 
 use super::coordinator::Context;
+use crate::store::StoreError;
 use crate::store::redis::feed::deliver;
 use crate::store::redis::feed::session::{Ended, Session, Up, reconnect, stopping};
 use crate::store::redis::node::{Node, Redirect, Router};
 use crate::store::redis::schema::Keys;
 use crate::store::redis::slot::slot;
+use crate::store::redis::tls::Wire;
 use crate::worker::Worker;
 
 /// One master's feed, as the other threads see it.
@@ -34,13 +36,15 @@ pub struct ShardFeed {
     up: AtomicBool,
     /// Channels this feed's connection holds, as Redis last counted them.
     channels: AtomicU64,
+    /// Why the last session was lost, until one is up again.
+    lost: Mutex<Option<StoreError>>,
 }
 
 /// The users a master's feed should hold, and where to write commands for them.
 struct Subs {
     wanted: HashSet<Arc<str>>,
     /// The write side of the feed's connection, while it is up.
-    writer: Option<TcpStream>,
+    writer: Option<Wire>,
 }
 
 impl ShardFeed {
@@ -53,11 +57,17 @@ impl ShardFeed {
             }),
             up: AtomicBool::new(false),
             channels: AtomicU64::new(0),
+            lost: Mutex::new(None),
         }
     }
 
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
+    }
+
+    /// Why the feed is down, if it is and the reason is known.
+    pub fn lost(&self) -> Option<StoreError> {
+        self.lost.lock().clone()
     }
 
     /// The users this feed holds or is about to.
@@ -164,6 +174,9 @@ impl Shard {
             &self.context.metrics,
             |up| self.session(stop, up),
             |ended| {
+                if let Ended::Lost(e) = ended {
+                    *self.state.lost.lock() = Some(e.clone());
+                }
                 self.state.subs.lock().writer = None;
                 let channels = self.state.channels.swap(0, Ordering::Relaxed);
                 self.context
@@ -204,6 +217,7 @@ impl Shard {
             );
         }
         up.subscribed();
+        *self.state.lost.lock() = None;
         self.state.up.store(true, Ordering::Relaxed);
         let ping = redis::cmd("PING").get_packed_command();
         session.pump(
@@ -212,19 +226,17 @@ impl Shard {
                 self.state.subs.lock().write(&ping, addr);
                 Ok(())
             },
-            |value| {
-                self.handle(value);
-                Ok(())
-            },
+            |value| self.handle(value),
         )
     }
 
-    /// Acts on one thing the node sent: a message, a confirmation, a refusal, a PONG.
-    fn handle(&self, value: Value) {
+    /// Acts on one thing the node sent: a message, a confirmation, a refusal, a PONG. A
+    /// refusal other than a redirect ends the session.
+    fn handle(&self, value: Value) -> Result<(), StoreError> {
         let items = match value {
             Value::Array(items) | Value::Push { data: items, .. } => items,
-            Value::ServerError(error) => return self.refused(&error),
-            _ => return, // +PONG, while subscribed to nothing
+            Value::ServerError(error) => return self.refused(error),
+            _ => return Ok(()), // +PONG, while subscribed to nothing
         };
         let text = |i: usize| match items.get(i) {
             Some(Value::BulkString(bytes)) => std::str::from_utf8(bytes).ok(),
@@ -261,6 +273,7 @@ impl Shard {
             }
             _ => {} // pong
         }
+        Ok(())
     }
 
     /// The node confirmed a subscription of `user` (`kind` `ssubscribe`), or let go of it.
@@ -286,11 +299,12 @@ impl Shard {
     }
 
     /// A refused `SSUBSCRIBE`: a `MOVED` (the slot is elsewhere) gives back the slot's
-    /// users to be assigned again by the corrected map; anything else is logged.
-    fn refused(&self, error: &redis::ServerError) {
-        let Some(Redirect::Moved(moved_slot, addr)) = Redirect::of(error) else {
+    /// users to be assigned again by the corrected map; anything else (a permission refused)
+    /// loses the session, which is logged and tried again after a backoff.
+    fn refused(&self, error: redis::ServerError) -> Result<(), StoreError> {
+        let Some(Redirect::Moved(moved_slot, addr)) = Redirect::of(&error) else {
             log::warn!("{} refused a subscription: {error}", self.state.node.addr);
-            return;
+            return Err(error.into());
         };
         self.context.topology.moved(moved_slot, addr);
         let keys = &self.context.keys;
@@ -315,6 +329,7 @@ impl Shard {
         for user in users {
             let _ = self.requeue.send(user);
         }
+        Ok(())
     }
 }
 

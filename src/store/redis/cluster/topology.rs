@@ -1,16 +1,14 @@
 //! Which master serves which slot: asked of the cluster with `CLUSTER SLOTS`, corrected by
 //! `MOVED` answers at once, and asked again when a node fails or says a slot moved.
 
-use std::collections::HashMap;
-use std::fmt;
-use std::sync::Arc;
-use std::time::Duration;
-
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::{Mutex, RwLock};
 use redis::{ErrorKind, RedisError, Value};
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
 
-use super::super::node::{Node, Router};
+use super::super::node::{Node, Reach, Router};
 use super::super::slot::{SLOTS, slot};
 use crate::config::ClusterSeeds;
 use crate::store::StoreError;
@@ -18,8 +16,7 @@ use crate::store::StoreError;
 /// The cluster as this instance knows it.
 pub struct Topology {
     seeds: ClusterSeeds,
-    pool_size: usize,
-    timeout: Duration,
+    reach: Reach,
     map: RwLock<SlotMap>,
     /// Every node met so far, by address, with its connections.
     nodes: Mutex<HashMap<String, Arc<Node>>>,
@@ -83,16 +80,11 @@ impl SlotMap {
 
 impl Topology {
     /// A topology not yet asked for; `stale` receives a message whenever it should be.
-    pub fn new(
-        seeds: ClusterSeeds,
-        pool_size: usize,
-        timeout: Duration,
-    ) -> (Arc<Topology>, Receiver<()>) {
+    pub fn new(seeds: ClusterSeeds, reach: Reach) -> (Arc<Topology>, Receiver<()>) {
         let (stale, wake) = crossbeam_channel::bounded(1);
         let topology = Topology {
             seeds,
-            pool_size,
-            timeout,
+            reach,
             map: RwLock::new(SlotMap::default()),
             nodes: Mutex::new(HashMap::new()),
             stale,
@@ -115,13 +107,18 @@ impl Topology {
         let _ = self.stale.try_send(());
     }
 
+    /// Where to first ask for the cluster's nodes.
+    pub fn seeds(&self) -> &[String] {
+        &self.seeds.seeds
+    }
+
     /// The node at `addr`, made on first use.
     pub fn node(&self, addr: &str) -> Option<Arc<Node>> {
         let mut nodes = self.nodes.lock();
         if let Some(node) = nodes.get(addr) {
             return Some(Arc::clone(node));
         }
-        match Node::new(addr, &self.seeds.url(addr), self.pool_size, self.timeout) {
+        match Node::new(addr, &self.seeds.url(addr), &self.reach) {
             Ok(node) => {
                 let node = Arc::new(node);
                 nodes.insert(addr.to_owned(), Arc::clone(&node));
@@ -292,6 +289,7 @@ fn parse_slots(reply: &Value, asked_host: &str) -> Option<Vec<(u16, u16, String)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn bulk(s: &str) -> Value {
         Value::BulkString(s.as_bytes().to_vec())
@@ -327,8 +325,14 @@ mod tests {
         let seeds = ClusterSeeds {
             seeds: vec!["127.0.0.1:1".into()],
             userinfo: None,
+            tls: false,
         };
-        Topology::new(seeds, 1, Duration::from_millis(100))
+        let reach = Reach {
+            pool_size: 1,
+            timeout: Duration::from_millis(100),
+            tls: None,
+        };
+        Topology::new(seeds, reach)
     }
 
     #[test]

@@ -11,7 +11,7 @@
 
 pub mod session;
 
-use std::net::{Shutdown, TcpStream};
+use std::net::Shutdown;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -23,6 +23,7 @@ use redis::{RedisError, Value};
 use self::session::{Ended, Session, Up, reconnect, stopping};
 use super::connect::Connector;
 use super::schema::{Keys, parse_message};
+use super::tls::Wire;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::store::StoreError;
@@ -33,12 +34,19 @@ use crate::worker::Worker;
 #[derive(Default)]
 pub struct FeedState {
     up: AtomicBool,
-    socket: Mutex<Option<TcpStream>>,
+    socket: Mutex<Option<Wire>>,
+    /// Why the last session was lost, until one is subscribed again.
+    lost: Mutex<Option<StoreError>>,
 }
 
 impl FeedState {
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
+    }
+
+    /// Why the feed is down, if it is and the reason is known.
+    pub fn lost(&self) -> Option<StoreError> {
+        self.lost.lock().clone()
     }
 
     /// Records the new state; returns the old one.
@@ -83,7 +91,10 @@ impl Feed {
             stop,
             &self.metrics,
             |up| self.session(stop, up),
-            |_| {
+            |ended| {
+                if let Ended::Lost(e) = ended {
+                    *self.state.lost.lock() = Some(e.clone());
+                }
                 *self.state.socket.lock() = None;
                 self.metrics.feed_channels.store(0, Ordering::Relaxed);
                 self.state.set(false)
@@ -119,6 +130,7 @@ impl Feed {
         }
         log::info!("redis subscription up: PSUBSCRIBE {pattern}");
         up.subscribed();
+        *self.state.lost.lock() = None;
         self.state.set(true);
         self.metrics.feed_channels.store(1, Ordering::Relaxed);
         self.resync();

@@ -11,7 +11,6 @@
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::io::{self, BufReader, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
@@ -20,6 +19,7 @@ use redis::{RedisError, Value};
 use crate::metrics::Metrics;
 use crate::store::StoreError;
 use crate::store::redis::connect::Connector;
+use crate::store::redis::tls::Wire;
 
 /// First and longest wait between reconnection attempts.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -38,8 +38,8 @@ pub fn stopping(stop: &Receiver<()>) -> bool {
 
 /// One connection that Redis pushes messages on.
 pub struct Session {
-    socket: TcpStream,
-    reader: BufReader<TcpStream>,
+    socket: Wire,
+    reader: BufReader<Wire>,
     parser: redis::Parser,
     timeout: Duration,
 }
@@ -59,7 +59,7 @@ impl Session {
 
     /// Another handle of the socket: for the stopper to shut down, and for other threads to
     /// write commands on.
-    pub fn socket(&self) -> io::Result<TcpStream> {
+    pub fn socket(&self) -> io::Result<Wire> {
         self.socket.try_clone()
     }
 

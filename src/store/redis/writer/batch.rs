@@ -231,7 +231,7 @@ mod tests {
     use super::super::{Connect, Writers};
     use super::*;
     use crate::presence::Rules;
-    use crate::store::redis::node::Router;
+    use crate::store::redis::node::{Reach, Router};
     use crate::store::redis::schema::{Keys, Record};
     use crate::store::redis::script::RecordScript;
     use crate::worker::{self, Worker};
@@ -257,7 +257,12 @@ mod tests {
         fn of(addrs: &[&str]) -> Arc<Cluster> {
             let mut cluster = Cluster::default();
             for addr in addrs {
-                let node = Node::new(addr, &format!("redis://{addr}"), 1, Duration::from_secs(1));
+                let reach = Reach {
+                    pool_size: 1,
+                    timeout: Duration::from_secs(1),
+                    tls: None,
+                };
+                let node = Node::new(addr, &format!("redis://{addr}"), &reach);
                 cluster
                     .nodes
                     .insert(addr.to_string(), Arc::new(node.unwrap()));
