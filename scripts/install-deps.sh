@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs and a fresh Debian machine with Rust lacks, and nothing
 # that is there already: redis-server, redis-benchmark, wrk, chromium, python3's venv, openssl
-# (the TLS tests' certificates) and musl-gcc (ring's C code in the static binary), as Debian
-# packages; the musl target (rustup) and cargo-fuzz (crates.io). scripts/test.sh
+# (the TLS tests' certificates), musl-gcc (ring's C code in the static binary), and buildah,
+# podman and runc (the image test), as Debian packages; the musl target (rustup) and cargo-fuzz (crates.io). scripts/test.sh
 # runs it first; apt-get needs root (or sudo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +15,10 @@ command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v musl-gcc >/dev/null 2>&1 || missing+=(musl-tools)
+# The image test builds the Dockerfile's final stage and runs it (tests/image.rs).
+command -v buildah >/dev/null 2>&1 || missing+=(buildah)
+command -v podman >/dev/null 2>&1 || missing+=(podman)
+command -v runc >/dev/null 2>&1 || missing+=(runc)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=()
   if [ "$(id -u)" -ne 0 ]; then

@@ -2,7 +2,7 @@
 # Runs every check the way CI does: formatting and lints first (so a red lint never lands),
 # a CI-sized benchmark run (so the tool cannot rot), then builds the static musl release
 # binary (the one that ships) and runs the whole suite against it (HEARTBEAT_BIN), the curl
-# smoke script, the Chromium test, the empty-root test and the OpenAPI contract (schemathesis,
+# smoke script, the Chromium test, the empty-root and image tests and the OpenAPI contract (schemathesis,
 # installed pinned into target/schemathesis) included. First installs what it needs and the
 # machine lacks (scripts/install-deps.sh: apt-get, rustup, cargo install). Before the suite,
 # five seconds of each fuzz target.
