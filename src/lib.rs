@@ -44,6 +44,7 @@ use crate::routes::Routes;
 use crate::server::{Server, Shared, Stopper};
 use crate::store::cached::CachedReads;
 use crate::store::contacts::ContactChecks;
+use crate::store::denied::Denials;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::cluster::ClusterStore;
 use crate::store::redis::tls::Tls;
@@ -305,13 +306,14 @@ fn with_feed<S: Store + 'static>(
         }
     }
     let store = Arc::new(store);
+    let noted: Arc<dyn Store> = Arc::new(Denials::new(store.clone()));
     let (cached, worker) =
-        CachedReads::start(store.clone(), Arc::clone(hub)).map_err(setup("cached-reads thread"))?;
+        CachedReads::start(noted.clone(), Arc::clone(hub)).map_err(setup("cached-reads thread"))?;
     workers.push(worker);
     let feed = start_feed(&store, Arc::clone(hub), cached.clone())
         .map_err(setup(&format!("{feed} thread")))?;
     workers.push(feed);
-    Ok((store, cached))
+    Ok((noted, cached))
 }
 
 /// The `signals` thread: turns SIGTERM and SIGINT into a stop of the server.

@@ -152,8 +152,9 @@ fn a_ping_at_one_instance_reaches_a_subscriber_of_another() {
 #[test]
 fn instances_with_other_key_prefixes_do_not_hear_each_other() {
     let redis = Redis::start();
-    let a = Heartbeat::start_with(&[("REDIS", &redis.addr()), ("KEY_PREFIX", "one:")]);
-    let b = Heartbeat::start_with(&[("REDIS", &redis.addr()), ("KEY_PREFIX", "two:")]);
+    // Prefixes of their own, outside the default user's rule: as admin.
+    let a = Heartbeat::start_with(&[("REDIS", &redis.admin_url()), ("KEY_PREFIX", "one:")]);
+    let b = Heartbeat::start_with(&[("REDIS", &redis.admin_url()), ("KEY_PREFIX", "two:")]);
     let mut at_b = b.subscribe("/subscribe/frank");
     a.ping("frank", "1");
     at_b.expect_no_data(Duration::from_millis(500));

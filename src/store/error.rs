@@ -156,17 +156,23 @@ pub enum ShardProblem {
 }
 
 impl Unhealthy {
-    /// A short name of the cause, for `/healthz`: the store error's, `feed_down` (or the
-    /// feed's error, when it is a permission or TLS one, which retrying will not mend) or
-    /// `shards`.
+    /// A short name of the cause, for `/healthz`: the store error's, `feed_down` or `shards`;
+    /// but a permission or TLS error, which retrying will not mend, is named as such wherever
+    /// it is (a feed's, or a shard's).
     pub fn cause(&self) -> &'static str {
+        let lasting = |e: &StoreError| {
+            matches!(e, StoreError::PermissionDenied(_) | StoreError::Tls(_)).then(|| e.cause())
+        };
         match self {
             Unhealthy::Unreachable(e) => e.cause(),
-            Unhealthy::FeedDown(Some(
-                e @ (StoreError::PermissionDenied(_) | StoreError::Tls(_)),
-            )) => e.cause(),
-            Unhealthy::FeedDown(_) => "feed_down",
-            Unhealthy::Shards(_) => "shards",
+            Unhealthy::FeedDown(e) => e.as_ref().and_then(lasting).unwrap_or("feed_down"),
+            Unhealthy::Shards(problems) => problems
+                .iter()
+                .find_map(|problem| match problem {
+                    ShardProblem::Failing(_, e) | ShardProblem::FeedDown(_, Some(e)) => lasting(e),
+                    _ => None,
+                })
+                .unwrap_or("shards"),
         }
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod cached;
 pub mod contacts;
+pub mod denied;
 mod error;
 pub mod memory;
 pub mod redis;

@@ -31,6 +31,12 @@ impl Cluster {
         let nodes: Vec<Redis> = (0..6).map(|_| start_node(pki)).collect();
         let addrs: Vec<String> = nodes.iter().map(Redis::addr).collect();
         let mut create = Command::new("redis-cli");
+        create.args([
+            "--user",
+            super::redis::ADMIN,
+            "--pass",
+            super::redis::ADMIN_PASSWORD,
+        ]);
         if let Some(pki) = pki {
             create.args(["--tls", "--cacert", &pki.file("ca.crt")]);
             create.args([
@@ -190,6 +196,9 @@ impl Cluster {
                     .arg("")
                     .arg(0)
                     .arg(5000)
+                    .arg("AUTH2")
+                    .arg(super::redis::ADMIN)
+                    .arg(super::redis::ADMIN_PASSWORD)
                     .arg("KEYS")
                     .arg(&keys),
             );

@@ -1,11 +1,60 @@
 //! A `redis-server` of the test's own on a free loopback port, persisting nothing; it can be
 //! killed, restarted on its port, or frozen.
+//!
+//! Its `default` user, whom heartbeat connects as unless a test names another, holds only the
+//! rule `heartbeat acl-rule` prints for the mode and the tests' `KEY_PREFIX`: every suite runs
+//! under the least privilege README documents. The tests' own connections are `admin`'s.
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use super::heartbeat::{binary, key_prefix};
 use super::{TempDir, signal};
+
+/// The user the tests' own connections (and `redis-cli`) use, with every right.
+pub const ADMIN: &str = "admin";
+pub const ADMIN_PASSWORD: &str = "admin-pw";
+
+/// `redis-server` arguments: `admin` with every right, and `default` (no password) with just
+/// the rule heartbeat prints for `REDIS=mode`.
+fn users(mode: &str) -> Vec<String> {
+    static SINGLE: OnceLock<Vec<String>> = OnceLock::new();
+    static CLUSTER: OnceLock<Vec<String>> = OnceLock::new();
+    let cell = if mode.starts_with("cluster") {
+        &CLUSTER
+    } else {
+        &SINGLE
+    };
+    let rule = cell.get_or_init(|| {
+        let out = Command::new(binary())
+            .arg("acl-rule")
+            .env_clear()
+            .env("REDIS", mode)
+            .env("KEY_PREFIX", key_prefix())
+            .current_dir(std::env::temp_dir())
+            .output()
+            .expect("run heartbeat acl-rule");
+        assert!(out.status.success(), "heartbeat acl-rule: {out:?}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        let line = text.lines().last().expect("a rule").to_owned();
+        let rule = line
+            .strip_prefix("ACL SETUSER heartbeat on >PASSWORD ")
+            .unwrap_or_else(|| panic!("not a rule: {line}"));
+        rule.split(' ').map(String::from).collect()
+    });
+    let mut args: Vec<String> = ["--user", ADMIN, "on"].map(String::from).to_vec();
+    args.extend([
+        format!(">{ADMIN_PASSWORD}"),
+        "~*".into(),
+        "&*".into(),
+        "+@all".into(),
+    ]);
+    args.extend(["--user", "default", "on", "nopass"].map(String::from));
+    args.extend(rule.iter().cloned());
+    args
+}
 
 /// A `redis-server` of the test's own, on a free loopback port, persisting nothing.
 pub struct Redis {
@@ -63,9 +112,16 @@ impl Redis {
         tls: Option<redis::TlsCertificates>,
     ) -> Option<Redis> {
         let dir = TempDir::new("redis");
+        let mode = match args.contains(&"--cluster-enabled") {
+            true => "cluster://:1",
+            false => ":1",
+        };
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            // A replica syncs as admin: the default user may not.
+            .args(["--masteruser", ADMIN, "--masterauth", ADMIN_PASSWORD])
+            .args(users(mode))
             .args(args)
             .arg("--dir")
             .arg(&dir.0)
@@ -110,11 +166,19 @@ impl Redis {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// A `REDIS` value that connects as `admin`, with every right, for a test that gives
+    /// heartbeat a `KEY_PREFIX` of its own.
+    pub fn admin_url(&self) -> String {
+        format!("redis://{ADMIN}:{ADMIN_PASSWORD}@127.0.0.1:{}", self.port)
+    }
+
+    /// A connection as `admin`, for the test's own commands.
     pub fn connection(&self) -> redis::RedisResult<redis::Connection> {
+        let (user, pass, port) = (ADMIN, ADMIN_PASSWORD, self.port);
         let client = match &self.tls {
-            None => redis::Client::open(format!("redis://127.0.0.1:{}", self.port))?,
+            None => redis::Client::open(format!("redis://{user}:{pass}@127.0.0.1:{port}"))?,
             Some(tls) => redis::Client::build_with_tls(
-                format!("rediss://localhost:{}", self.port),
+                format!("rediss://{user}:{pass}@localhost:{port}"),
                 tls.clone(),
             )?,
         };

@@ -6,6 +6,7 @@
 //! `redis-writer` threads that store pings) and [`feed`] (the `redis-psubscribe` thread that
 //! brings every instance's pings to the local hub). This file ties them into a [`Store`].
 
+pub mod acl;
 pub mod cluster;
 mod connect;
 pub mod feed;
