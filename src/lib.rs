@@ -185,6 +185,15 @@ pub fn run() -> Result<(), Error> {
             RedisStore::probe,
             RedisStore::start_feed,
         )?,
+        StoreConfig::Sentinel(sentinel) => with_feed(
+            RedisStore::start_sentinel(sentinel, &redis_options, Arc::clone(&metrics)),
+            &config,
+            &hub,
+            &mut workers,
+            "redis-psubscribe",
+            RedisStore::probe,
+            RedisStore::start_feed,
+        )?,
         StoreConfig::Cluster(seeds) => with_feed(
             ClusterStore::start(seeds, &redis_options, Arc::clone(&metrics)),
             &config,
@@ -286,7 +295,7 @@ fn with_feed<S: Store + 'static>(
     workers: &mut Vec<Worker>,
     feed: &str,
     probe: impl FnOnce(&S) -> Result<(), StoreError>,
-    start_feed: impl FnOnce(&S, Arc<Hub>, CachedReads) -> std::io::Result<Worker>,
+    start_feed: impl FnOnce(&S, Arc<Hub>, CachedReads) -> std::io::Result<Vec<Worker>>,
 ) -> Result<(Arc<dyn Store>, CachedReads), Error> {
     let (store, writers) = started.map_err(setup(&format!("redis client for {}", config.store)))?;
     log::info!(
@@ -312,7 +321,7 @@ fn with_feed<S: Store + 'static>(
     workers.push(worker);
     let feed = start_feed(&store, Arc::clone(hub), cached.clone())
         .map_err(setup(&format!("{feed} thread")))?;
-    workers.push(feed);
+    workers.extend(feed);
     Ok((noted, cached))
 }
 

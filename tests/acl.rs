@@ -7,26 +7,11 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Cluster, Heartbeat, Redis, key_prefix, wait_until};
+use support::{Cluster, Heartbeat, Redis, wait_until};
 
 /// The rule heartbeat prints for `REDIS=mode` and the tests' prefix, without `+command`.
 fn rule_without(mode: &str, command: &str) -> Vec<String> {
-    let out = std::process::Command::new(support::binary())
-        .arg("acl-rule")
-        .env_clear()
-        .env("REDIS", mode)
-        .env("KEY_PREFIX", key_prefix())
-        .current_dir(std::env::temp_dir())
-        .output()
-        .unwrap();
-    let text = String::from_utf8(out.stdout).unwrap();
-    let line = text.lines().last().unwrap();
-    let rule: Vec<String> = line
-        .strip_prefix("ACL SETUSER heartbeat on >PASSWORD ")
-        .unwrap()
-        .split(' ')
-        .map(String::from)
-        .collect();
+    let rule = support::redis::acl_rule(mode);
     let taken = format!("+{command}");
     assert!(rule.contains(&taken), "{rule:?} has {taken}");
     rule.into_iter().filter(|r| *r != taken).collect()

@@ -3,10 +3,12 @@
 
 use std::fmt;
 
+use super::{ConfigError, Vars};
+
 pub(super) const LISTEN_EXPECTED: &str = "host:port, :port or [v6]:port";
 pub(super) const REDIS_EXPECTED: &str = "host:port, :port, redis://[user:pass@]host:port[/db], \
-     cluster://[user:pass@]host:port[,host:port...], the same with rediss:// or clusters:// for \
-     TLS, or memory";
+     cluster://[user:pass@]host:port[,host:port...], sentinel://[user:pass@]host:port[,host:port...]/master, \
+     the same with rediss://, clusters:// or sentinels:// for TLS, or memory";
 
 /// The `LISTEN` address, kept as text until bound so host names resolve at bind time.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +27,37 @@ pub enum StoreConfig {
     Redis(String),
     /// Seed nodes of a Redis Cluster.
     Cluster(ClusterSeeds),
+    /// Sentinels, and the name of the master they watch.
+    Sentinel(SentinelConfig),
+}
+
+/// `sentinel://[user:pass@]host:port[,host:port...]/<master>`: the sentinels to ask for the
+/// master named `master`; the URL's credentials are the master's, the sentinels' own come from
+/// `SENTINEL_USERNAME` and `SENTINEL_PASSWORD`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentinelConfig {
+    /// `host:port` of each sentinel.
+    pub sentinels: Vec<String>,
+    /// The master's name, as the sentinels monitor it.
+    pub master: String,
+    /// The master's credentials: `user:pass`, `:pass` or `user`, as in the URL.
+    pub userinfo: Option<String>,
+    /// Whether the sentinels, the master and the replicas are reached by TLS (`sentinels://`).
+    pub tls: bool,
+    /// The sentinels' user and password, if they ask for one.
+    pub auth: Option<(Option<String>, String)>,
+}
+
+impl SentinelConfig {
+    /// The URL of the master at `addr` (a placeholder until Sentinel names it).
+    pub fn master_url(&self, addr: &str) -> String {
+        ClusterSeeds {
+            seeds: Vec::new(),
+            userinfo: self.userinfo.clone(),
+            tls: self.tls,
+        }
+        .url(addr)
+    }
 }
 
 /// `cluster://[user:pass@]host:port[,host:port...]`: where to first ask a Redis Cluster for its
@@ -46,6 +79,7 @@ impl StoreConfig {
             StoreConfig::Memory => false,
             StoreConfig::Redis(url) => url.starts_with("rediss://"),
             StoreConfig::Cluster(cluster) => cluster.tls,
+            StoreConfig::Sentinel(sentinel) => sentinel.tls,
         }
     }
 }
@@ -74,13 +108,17 @@ impl fmt::Display for StoreConfig {
                 } else {
                     "cluster://"
                 })?;
-                if let Some(userinfo) = &cluster.userinfo {
-                    match userinfo.split_once(':') {
-                        Some((user, _)) => write!(f, "{user}:***@")?,
-                        None => write!(f, "{userinfo}@")?,
-                    }
-                }
+                hidden(f, &cluster.userinfo)?;
                 return f.write_str(&cluster.seeds.join(","));
+            }
+            StoreConfig::Sentinel(sentinel) => {
+                f.write_str(if sentinel.tls {
+                    "sentinels://"
+                } else {
+                    "sentinel://"
+                })?;
+                hidden(f, &sentinel.userinfo)?;
+                return write!(f, "{}/{}", sentinel.sentinels.join(","), sentinel.master);
             }
         };
         match (url.find("://"), url.rfind('@')) {
@@ -93,6 +131,15 @@ impl fmt::Display for StoreConfig {
             }
             _ => f.write_str(url),
         }
+    }
+}
+
+/// `userinfo@` with its password hidden.
+fn hidden(f: &mut fmt::Formatter<'_>, userinfo: &Option<String>) -> fmt::Result {
+    match userinfo.as_deref().map(|u| (u, u.split_once(':'))) {
+        Some((_, Some((user, _)))) => write!(f, "{user}:***@"),
+        Some((userinfo, None)) => write!(f, "{userinfo}@"),
+        None => Ok(()),
     }
 }
 
@@ -123,6 +170,26 @@ pub fn host_port(host: &str, port: u16) -> String {
     }
 }
 
+/// `REDIS`, and under Sentinel the sentinels' credentials (`SENTINEL_USERNAME`,
+/// `SENTINEL_PASSWORD`).
+pub(super) fn read_store<F: Fn(&str) -> Option<String>>(
+    vars: &Vars<'_, F>,
+) -> Result<StoreConfig, ConfigError> {
+    let mut store = vars.parse("REDIS", parse_store, REDIS_EXPECTED)?;
+    if let StoreConfig::Sentinel(sentinel) = &mut store {
+        let password = vars.value("SENTINEL_PASSWORD");
+        let user = vars.value("SENTINEL_USERNAME");
+        sentinel.auth = match (user.trim(), password.as_str()) {
+            ("", "") => None,
+            (user, password) => Some((
+                (!user.is_empty()).then(|| user.to_owned()),
+                password.to_owned(),
+            )),
+        };
+    }
+    Ok(store)
+}
+
 pub(super) fn parse_store(value: &str) -> Option<StoreConfig> {
     if value == "memory" {
         return Some(StoreConfig::Memory);
@@ -132,6 +199,23 @@ pub(super) fn parse_store(value: &str) -> Option<StoreConfig> {
     }
     if let Some(cluster) = value.strip_prefix("clusters://") {
         return parse_cluster(cluster, true).map(StoreConfig::Cluster);
+    }
+    for (scheme, tls) in [("sentinel://", false), ("sentinels://", true)] {
+        if let Some(rest) = value.strip_prefix(scheme) {
+            let (hosts, master) = rest.rsplit_once('/')?;
+            let valid = |c: char| c.is_ascii_graphic() && !matches!(c, '/' | '@' | ',');
+            if master.is_empty() || !master.chars().all(valid) {
+                return None;
+            }
+            let seeds = parse_cluster(hosts, tls)?;
+            return Some(StoreConfig::Sentinel(SentinelConfig {
+                sentinels: seeds.seeds,
+                master: master.to_owned(),
+                userinfo: seeds.userinfo,
+                tls,
+                auth: None,
+            }));
+        }
     }
     // The redis crate's `#insecure` would skip the certificate check: not offered.
     if value.contains('#') {

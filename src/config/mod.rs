@@ -18,8 +18,8 @@ use crate::presence::Rules;
 
 pub use self::access::{Cors, TrustedProxies, WatchPolicy};
 use self::access::{parse_cors, parse_trusted, read_watching};
-pub use self::address::{ClusterSeeds, Listen, StoreConfig, host_port};
-use self::address::{LISTEN_EXPECTED, REDIS_EXPECTED, parse_listen, parse_store};
+pub use self::address::{ClusterSeeds, Listen, SentinelConfig, StoreConfig, host_port};
+use self::address::{LISTEN_EXPECTED, parse_listen, read_store};
 pub use self::tls::RedisTls;
 use self::tls::read_tls;
 
@@ -101,6 +101,8 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("REDIS_CA_FILE", ""),
     ("REDIS_CLIENT_CERT_FILE", ""),
     ("REDIS_CLIENT_KEY_FILE", ""),
+    ("SENTINEL_USERNAME", ""),
+    ("SENTINEL_PASSWORD", ""),
     ("KEY_PREFIX", "heartbeat:"),
     ("KEEPALIVE_SECS", "25"),
     ("MAX_STREAM_SECS", ""),
@@ -186,7 +188,7 @@ impl Config {
             max_head_bytes: vars.number("MAX_HEAD_BYTES", 512, 1 << 20)?,
             max_users_per_stream: vars.number("MAX_USERS_PER_STREAM", 1, 65_536)?,
         };
-        let store = vars.parse("REDIS", parse_store, REDIS_EXPECTED)?;
+        let store = read_store(&vars)?;
         let key_prefix = match store {
             // A brace in the prefix would make it, not the user, the keys' hash tag.
             StoreConfig::Cluster(_) => vars.parse(
@@ -339,6 +341,7 @@ fn parse_level(value: &str) -> Option<LevelFilter> {
 
 #[cfg(test)]
 pub(super) mod tests {
+    use super::address::REDIS_EXPECTED;
     use super::*;
 
     pub(super) fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
@@ -547,6 +550,41 @@ pub(super) mod tests {
             "{err}"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn sentinel_addresses_are_read_with_the_sentinels_credentials_apart() {
+        let c = config(&[
+            ("REDIS", "sentinels://hb:pw@s1:26379, s2:26380/my-master"),
+            ("SENTINEL_PASSWORD", "spw"),
+        ])
+        .unwrap();
+        let StoreConfig::Sentinel(sentinel) = &c.store else {
+            panic!("sentinel: {:?}", c.store)
+        };
+        assert_eq!(sentinel.sentinels, ["s1:26379", "s2:26380"]);
+        assert_eq!(sentinel.master, "my-master");
+        assert_eq!(sentinel.userinfo.as_deref(), Some("hb:pw"));
+        assert!(sentinel.tls && c.store.tls());
+        assert_eq!(sentinel.auth, Some((None, "spw".to_owned())));
+        assert_eq!(sentinel.master_url("m:1"), "rediss://hb:pw@m:1");
+        assert_eq!(
+            c.store.to_string(),
+            "sentinels://hb:***@s1:26379,s2:26380/my-master"
+        );
+        let plain = config(&[("REDIS", "sentinel://:26379/m")]).unwrap().store;
+        let StoreConfig::Sentinel(plain) = plain else {
+            panic!("sentinel")
+        };
+        assert_eq!((plain.auth, plain.tls), (None, false));
+        for bad in [
+            "sentinel://:26379",
+            "sentinel://:26379/",
+            "sentinel:///m",
+            "sentinel://a/m",
+        ] {
+            assert!(config(&[("REDIS", bad)]).is_err(), "{bad}");
+        }
     }
 
     #[test]

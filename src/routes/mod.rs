@@ -135,7 +135,7 @@ impl Routes {
 
     fn health(&self) -> Response {
         let store = self.store.kind().name();
-        let (status, body) = match self.store.health() {
+        let (status, mut body) = match self.store.health() {
             Ok(()) => (200, serde_json::json!({ "status": "ok", "store": store })),
             Err(reason) => (
                 503,
@@ -147,6 +147,10 @@ impl Routes {
                 }),
             ),
         };
+        // Under Sentinel, the master in use, or null while there is none.
+        if let Some(master) = self.store.master() {
+            body["master"] = serde_json::json!(master);
+        }
         Response::typed(status, JSON, &body.to_string()).with_header("Cache-Control", "no-store")
     }
 

@@ -99,6 +99,10 @@ impl<S: Store + ?Sized> Store for Denials<S> {
     fn feed_up(&self) -> Option<bool> {
         self.inner.feed_up()
     }
+
+    fn master(&self) -> Option<Option<String>> {
+        self.inner.master()
+    }
 }
 
 #[cfg(test)]

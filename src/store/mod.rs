@@ -63,6 +63,12 @@ pub trait Store: Send + Sync {
     /// Whether the feed that brings other instances' pings is up; `None` for a store that
     /// needs none.
     fn feed_up(&self) -> Option<bool>;
+
+    /// Under Sentinel, the master in use (`host:port`), or `Some(None)` while there is none;
+    /// `None` for a store that does not follow one.
+    fn master(&self) -> Option<Option<String>> {
+        None
+    }
 }
 
 /// Which store backs the service.

@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod heartbeat;
 pub mod proxy;
 pub mod redis;
+pub mod sentinel;
 pub mod tls;
 
 use std::path::PathBuf;

@@ -17,33 +17,38 @@ use super::{TempDir, signal};
 pub const ADMIN: &str = "admin";
 pub const ADMIN_PASSWORD: &str = "admin-pw";
 
+/// The rule `heartbeat acl-rule` prints for `REDIS=mode` and the tests' `KEY_PREFIX`: the
+/// parts `ACL SETUSER` takes after the user's name and password.
+pub fn acl_rule(mode: &str) -> Vec<String> {
+    let out = Command::new(binary())
+        .arg("acl-rule")
+        .env_clear()
+        .env("REDIS", mode)
+        .env("KEY_PREFIX", key_prefix())
+        .current_dir(std::env::temp_dir())
+        .output()
+        .expect("run heartbeat acl-rule");
+    assert!(out.status.success(), "heartbeat acl-rule: {out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let line = text.lines().last().expect("a rule").to_owned();
+    let rule = line
+        .strip_prefix("ACL SETUSER heartbeat on >PASSWORD ")
+        .unwrap_or_else(|| panic!("not a rule: {line}"));
+    rule.split(' ').map(String::from).collect()
+}
+
 /// `redis-server` arguments: `admin` with every right, and `default` (no password) with just
 /// the rule heartbeat prints for `REDIS=mode`.
 fn users(mode: &str) -> Vec<String> {
     static SINGLE: OnceLock<Vec<String>> = OnceLock::new();
     static CLUSTER: OnceLock<Vec<String>> = OnceLock::new();
-    let cell = if mode.starts_with("cluster") {
-        &CLUSTER
-    } else {
-        &SINGLE
+    static SENTINEL: OnceLock<Vec<String>> = OnceLock::new();
+    let cell = match mode {
+        m if m.starts_with("cluster") => &CLUSTER,
+        m if m.starts_with("sentinel") => &SENTINEL,
+        _ => &SINGLE,
     };
-    let rule = cell.get_or_init(|| {
-        let out = Command::new(binary())
-            .arg("acl-rule")
-            .env_clear()
-            .env("REDIS", mode)
-            .env("KEY_PREFIX", key_prefix())
-            .current_dir(std::env::temp_dir())
-            .output()
-            .expect("run heartbeat acl-rule");
-        assert!(out.status.success(), "heartbeat acl-rule: {out:?}");
-        let text = String::from_utf8(out.stdout).unwrap();
-        let line = text.lines().last().expect("a rule").to_owned();
-        let rule = line
-            .strip_prefix("ACL SETUSER heartbeat on >PASSWORD ")
-            .unwrap_or_else(|| panic!("not a rule: {line}"));
-        rule.split(' ').map(String::from).collect()
-    });
+    let rule = cell.get_or_init(|| acl_rule(mode));
     let mut args: Vec<String> = ["--user", ADMIN, "on"].map(String::from).to_vec();
     args.extend([
         format!(">{ADMIN_PASSWORD}"),
@@ -111,11 +116,21 @@ impl Redis {
         args: &[&str],
         tls: Option<redis::TlsCertificates>,
     ) -> Option<Redis> {
-        let dir = TempDir::new("redis");
         let mode = match args.contains(&"--cluster-enabled") {
             true => "cluster://:1",
             false => ":1",
         };
+        Redis::try_start_as(port, args, tls, mode)
+    }
+
+    /// As [`Redis::try_start_tls`], its default user holding the rule of `REDIS=mode`.
+    pub fn try_start_as(
+        port: u16,
+        args: &[&str],
+        tls: Option<redis::TlsCertificates>,
+        mode: &str,
+    ) -> Option<Redis> {
+        let dir = TempDir::new("redis");
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])

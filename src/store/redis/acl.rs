@@ -22,6 +22,9 @@ const COMMON: &[&str] = &[
 /// One Redis: the pattern subscription, and a stream's contacts script.
 const SINGLE: &[&str] = &["psubscribe", "publish", "eval", "sismember"];
 
+/// Under Sentinel: one Redis's, and `ROLE`, which tells a master from a demoted one.
+const SENTINEL: &[&str] = &["psubscribe", "publish", "eval", "sismember", "role"];
+
 /// A cluster: its slot map, sharded pub/sub, redirections.
 const CLUSTER: &[&str] = &[
     "cluster|slots",
@@ -38,6 +41,7 @@ pub fn rule(store: &StoreConfig, prefix: &str) -> Option<Vec<String>> {
         StoreConfig::Memory => return None,
         StoreConfig::Redis(url) => (Keys::new(prefix), SINGLE, database(url)),
         StoreConfig::Cluster(_) => (Keys::cluster(prefix), CLUSTER, 0),
+        StoreConfig::Sentinel(_) => (Keys::new(prefix), SENTINEL, 0),
     };
     let channels = keys.pattern();
     let base = channels
@@ -115,6 +119,9 @@ mod tests {
             .unwrap()
             .join(" ");
         assert_eq!(readme_rule("a cluster"), cluster);
+        let sentinel = rule(&store("sentinel://:26379/mymaster"), "heartbeat:").unwrap();
+        let heading = "under Sentinel (on the master and every replica)";
+        assert_eq!(readme_rule(heading), sentinel.join(" "));
     }
 
     #[test]
@@ -130,6 +137,10 @@ mod tests {
         assert!(!cluster.contains(&"+psubscribe".to_owned()));
         let db = rule(&store("redis://h:1/3"), "hb:").unwrap();
         assert!(db.contains(&"+select".to_owned()));
+        let sentinel = rule(&store("sentinel://:26379/m"), "hb:").unwrap();
+        assert!(
+            sentinel.contains(&"+role".to_owned()) && sentinel.contains(&"+psubscribe".to_owned())
+        );
         assert_eq!(rule(&StoreConfig::Memory, "hb:"), None);
     }
 }

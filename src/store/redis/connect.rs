@@ -6,20 +6,31 @@
 use std::io::{BufReader, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::Sender;
+use parking_lot::RwLock;
+
 use redis::{
-    Client, Connection, ConnectionAddr, ConnectionLike, ErrorKind, IntoConnectionInfo, RedisError,
-    Value,
+    Client, Connection, ConnectionAddr, ConnectionInfo, ConnectionLike, ErrorKind,
+    IntoConnectionInfo, RedisError, Value,
 };
 
 use super::tls::{Tls, Wire};
 
 /// How to reach Redis within a time budget.
 pub struct Connector {
-    client: Client,
+    /// Where connections go now: fixed, or (under Sentinel) the master last found, or none.
+    target: RwLock<Target>,
+    /// The URL's credentials and database, for a new target.
+    template: ConnectionInfo,
     /// How a `rediss://` URL's connections speak TLS.
     tls: Option<Arc<Tls>>,
+    /// Bumped at each new target: a connection made for an older one is not reused.
+    generation: AtomicU64,
+    /// Told when a connection could not be made, so the master is looked for again.
+    on_failure: Option<Sender<()>>,
     /// Replies the redis crate waits for while setting a connection up (`AUTH`, `SELECT`).
     setup_replies: u32,
     /// How far a reused connection's timeout may fall short of the time a call has left
@@ -27,10 +38,18 @@ pub struct Connector {
     slack: Duration,
 }
 
+/// Where a connector connects: a client for the server at `addr`.
+struct Target {
+    client: Option<Client>,
+    addr: Option<String>,
+}
+
 /// A Redis connection and the read and write timeout set on it.
 pub struct Link {
     pub con: Connection,
     timeout: Duration,
+    /// The connector's target generation it was made for.
+    generation: u64,
 }
 
 impl Connector {
@@ -47,10 +66,8 @@ impl Connector {
         let setup_replies =
             u32::from(settings.password().is_some()) + u32::from(settings.db() != 0);
         let info = info.set_redis_settings(settings);
-        let (client, tls) = match (info.addr(), tls) {
-            (ConnectionAddr::TcpTls { .. }, Some(tls)) => {
-                (tls.client(info)?, Some(Arc::clone(tls)))
-            }
+        let tls = match (info.addr(), tls) {
+            (ConnectionAddr::TcpTls { .. }, Some(tls)) => Some(Arc::clone(tls)),
             (ConnectionAddr::TcpTls { .. }, None) => {
                 let e = (
                     ErrorKind::InvalidClientConfig,
@@ -58,23 +75,110 @@ impl Connector {
                 );
                 return Err(e.into());
             }
-            _ => (Client::open(info)?, None),
+            _ => None,
         };
-        Ok(Connector {
-            client,
+        let connector = Connector {
+            target: RwLock::new(Target {
+                client: None,
+                addr: None,
+            }),
+            template: info.clone(),
             tls,
+            generation: AtomicU64::new(0),
+            on_failure: None,
             setup_replies,
             slack: timeout / 16,
-        })
+        };
+        let client = connector.client(info)?;
+        connector.target.write().client = Some(client);
+        Ok(connector)
+    }
+
+    /// A connector with no target yet, for a master that Sentinel names: `url` gives the
+    /// scheme, credentials and database (its address is a placeholder); `on_failure` is told
+    /// whenever a connection cannot be made.
+    pub fn following(
+        url: &str,
+        timeout: Duration,
+        tls: Option<&Arc<Tls>>,
+        on_failure: Sender<()>,
+    ) -> Result<Connector, RedisError> {
+        let mut connector = Connector::new(url, timeout, tls)?;
+        connector.target.get_mut().client = None;
+        connector.on_failure = Some(on_failure);
+        Ok(connector)
+    }
+
+    fn client(&self, info: ConnectionInfo) -> Result<Client, RedisError> {
+        match &self.tls {
+            Some(tls) => tls.client(info),
+            None => Client::open(info),
+        }
+    }
+
+    /// Connects from now on to the server at `host:port`, or to none; connections made for
+    /// the old target are not reused. `false` if `addr` was already the target.
+    pub fn retarget(&self, addr: Option<(&str, u16)>) -> Result<bool, RedisError> {
+        let shown = addr.map(|(host, port)| crate::config::host_port(host, port));
+        if self.target.read().addr == shown {
+            return Ok(false);
+        }
+        let client = match addr {
+            None => None,
+            Some((host, port)) => {
+                let (host, port) = (host.to_owned(), port);
+                let addr = match self.tls {
+                    Some(_) => ConnectionAddr::TcpTls {
+                        host,
+                        port,
+                        insecure: false,
+                        tls_params: None,
+                    },
+                    None => ConnectionAddr::Tcp(host, port),
+                };
+                Some(self.client(self.template.clone().set_addr(addr))?)
+            }
+        };
+        let mut target = self.target.write();
+        *target = Target {
+            client,
+            addr: shown,
+        };
+        self.generation.fetch_add(1, Ordering::Relaxed);
+        Ok(true)
+    }
+
+    /// The `host:port` connections go to, when it was set by [`Connector::retarget`].
+    pub fn target(&self) -> Option<String> {
+        self.target.read().addr.clone()
+    }
+
+    /// The current target's client, or the error of having none.
+    fn current(&self) -> Result<Client, RedisError> {
+        self.target
+            .read()
+            .client
+            .clone()
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotConnected, NO_MASTER).into())
+    }
+
+    /// `result`, having told `on_failure` if it failed.
+    fn noted<T>(&self, result: Result<T, RedisError>) -> Result<T, RedisError> {
+        if result.is_err()
+            && let Some(on_failure) = &self.on_failure
+        {
+            let _ = on_failure.try_send(());
+        }
+        result
     }
 
     /// Connects within `budget`, leaving the connection with `budget` as its read and write
     /// timeout. The crate applies its timeout to the TCP connect and again to each setup reply,
     /// so the budget is shared out among them.
     pub fn connect(&self, budget: Duration) -> Result<Connection, RedisError> {
-        let con = self
-            .client
-            .get_connection_with_timeout(budget / (self.setup_replies + 1))?;
+        let client = self.noted(self.current())?;
+        let con =
+            self.noted(client.get_connection_with_timeout(budget / (self.setup_replies + 1)))?;
         con.set_read_timeout(Some(budget))?;
         con.set_write_timeout(Some(budget))?;
         Ok(con)
@@ -84,7 +188,8 @@ impl Connector {
     /// whose connect, handshake, reads and writes each time out after `timeout`; and a
     /// buffered reader of it.
     pub fn subscriber(&self, timeout: Duration) -> Result<(Wire, BufReader<Wire>), RedisError> {
-        let info = self.client.get_connection_info();
+        let client = self.noted(self.current())?;
+        let info = client.get_connection_info();
         let (host, port) = match info.addr() {
             ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. } => {
                 (host, port)
@@ -142,7 +247,9 @@ impl Connector {
     /// distance away.
     pub fn ready(&self, reused: Option<Link>, deadline: Instant) -> Result<Link, RedisError> {
         let left = left_until(deadline)?;
-        match reused.filter(|link| link.con.is_open()) {
+        let generation = self.generation.load(Ordering::Relaxed);
+        let reused = reused.filter(|link| link.con.is_open() && link.generation == generation);
+        match reused {
             Some(mut link) if link.timeout > left || link.timeout + self.slack < left => {
                 let timeout = left.saturating_sub(self.slack / 2).max(MIN_TIMEOUT);
                 link.con.set_read_timeout(Some(timeout))?;
@@ -154,6 +261,7 @@ impl Connector {
             None => Ok(Link {
                 con: self.connect(left)?,
                 timeout: left,
+                generation,
             }),
         }
     }
@@ -161,6 +269,9 @@ impl Connector {
 
 /// The shortest timeout a call is given; less counts as no time left.
 const MIN_TIMEOUT: Duration = Duration::from_millis(1);
+
+/// What a call says while Sentinel names no master.
+const NO_MASTER: &str = "no master: Sentinel names none that answers as one";
 
 /// What a call that ran out of time says.
 const TIMED_OUT: &str = "Redis did not answer in time";

@@ -15,6 +15,7 @@ mod pool;
 mod read;
 pub mod schema;
 pub mod script;
+pub mod sentinel;
 mod slot;
 pub mod tls;
 mod writer;
@@ -24,18 +25,23 @@ use std::time::{Duration, Instant};
 
 use redis::{RedisError, Value};
 
+use self::connect::Connector;
 use self::feed::{Feed, FeedState};
 use self::node::{Node, OneNode, Reach};
 use self::read::{ALLOWED_SCRIPT, Reader, UserRead, last_many, parse_all, parse_allowed};
 use self::schema::{Keys, Record};
 use self::script::RecordScript;
+use self::sentinel::{Follow, Sentinels};
 use self::writer::Writers;
 use super::cached::CachedReads;
 use super::{Kind, Store, StoreError, Unhealthy};
+use crate::config::{SentinelConfig, StoreConfig};
 use crate::hub::Hub;
 use crate::metrics::{Metrics, RedisCall};
 use crate::presence::{Presence, Rules};
 use crate::worker::Worker;
+use crossbeam_channel::Receiver;
+use parking_lot::Mutex;
 
 /// How heartbeat uses Redis, on one server or on each node of a cluster.
 #[derive(Debug, Clone)]
@@ -64,6 +70,10 @@ impl RedisOptions {
     }
 }
 
+/// The sentinels of a store under Sentinel, and the failures that ask for the master again
+/// (taken by the `redis-sentinel` thread when the feed starts).
+type Sentinel = (Arc<Sentinels>, Mutex<Option<Receiver<()>>>);
+
 /// Last pings in Redis, shared by every instance on the same Redis and prefix.
 pub struct RedisStore {
     keys: Keys,
@@ -74,6 +84,9 @@ pub struct RedisStore {
     ttl_micros: u64,
     feed: Arc<FeedState>,
     metrics: Arc<Metrics>,
+    /// Under Sentinel: the sentinels, and the failures that ask for the master again (taken
+    /// by the `redis-sentinel` thread when the feed starts).
+    sentinel: Option<Sentinel>,
 }
 
 impl RedisStore {
@@ -86,6 +99,40 @@ impl RedisStore {
         metrics: Arc<Metrics>,
     ) -> Result<(RedisStore, Worker), RedisError> {
         let node = Arc::new(Node::new(url, url, &options.reach())?);
+        RedisStore::on(node, None, options, metrics)
+    }
+
+    /// A store on the master that `config`'s sentinels name, found now (a warning if none
+    /// is) and followed by the `redis-sentinel` thread once the feed starts.
+    pub fn start_sentinel(
+        config: &SentinelConfig,
+        options: &RedisOptions,
+        metrics: Arc<Metrics>,
+    ) -> Result<(RedisStore, Worker), RedisError> {
+        let (failed, failures) = crossbeam_channel::bounded(1);
+        let url = config.master_url("localhost:6379");
+        let tls = options.tls.as_ref();
+        let connector = Arc::new(Connector::following(&url, options.timeout, tls, failed)?);
+        let sentinels = Arc::new(Sentinels::new(config, options.timeout, tls)?);
+        match sentinels.find() {
+            Ok((host, port)) => {
+                connector.retarget(Some((&host, port)))?;
+                log::info!("sentinel: the master of {} is {host}:{port}", config.master);
+            }
+            Err(e) => log::warn!("sentinel: no master of {} at start: {e}", config.master),
+        }
+        let shown = StoreConfig::Sentinel(config.clone()).to_string();
+        let node = Arc::new(Node::with(&shown, connector, &options.reach()));
+        let sentinel = (sentinels, Mutex::new(Some(failures)));
+        RedisStore::on(node, Some(sentinel), options, metrics)
+    }
+
+    fn on(
+        node: Arc<Node>,
+        sentinel: Option<Sentinel>,
+        options: &RedisOptions,
+        metrics: Arc<Metrics>,
+    ) -> Result<(RedisStore, Worker), RedisError> {
         let router = Arc::new(OneNode(Arc::clone(&node)));
         let script = RecordScript::new(&options.presence);
         let nodes = [Arc::clone(&node)];
@@ -99,6 +146,7 @@ impl RedisStore {
             ttl_micros: options.presence.ttl_micros(),
             feed: Arc::default(),
             metrics,
+            sentinel,
         };
         Ok((store, worker))
     }
@@ -112,8 +160,22 @@ impl RedisStore {
 
     /// Starts the `redis-psubscribe` thread, which hands this store's pings, from every
     /// instance, to `hub`, and asks `cached` to resync after each (re)subscription.
-    pub fn start_feed(&self, hub: Arc<Hub>, cached: CachedReads) -> std::io::Result<Worker> {
-        Feed {
+    pub fn start_feed(&self, hub: Arc<Hub>, cached: CachedReads) -> std::io::Result<Vec<Worker>> {
+        let mut workers = Vec::new();
+        if let Some((sentinels, failures)) = &self.sentinel
+            && let Some(failures) = failures.lock().take()
+        {
+            let feed = Arc::clone(&self.feed);
+            let follow = Follow {
+                sentinels: Arc::clone(sentinels),
+                master: Arc::clone(&self.node.connector),
+                failures,
+                switched: Box::new(move || feed.reconnect()),
+                metrics: Arc::clone(&self.metrics),
+            };
+            workers.push(follow.spawn()?);
+        }
+        let feed = Feed {
             connector: Arc::clone(&self.node.connector),
             keys: self.keys.clone(),
             timeout: self.timeout,
@@ -121,8 +183,9 @@ impl RedisStore {
             metrics: Arc::clone(&self.metrics),
             hub,
             cached,
-        }
-        .spawn()
+        };
+        workers.push(feed.spawn()?);
+        Ok(workers)
     }
 
     /// Runs `f` on a pooled connection, counting failures.
@@ -217,6 +280,10 @@ impl Store for RedisStore {
             .redis_call(RedisCall::Health)
             .observe(began.elapsed());
         pong.map(drop).map_err(Unhealthy::Unreachable)
+    }
+
+    fn master(&self) -> Option<Option<String>> {
+        self.sentinel.as_ref().map(|_| self.node.connector.target())
     }
 
     fn feed_up(&self) -> Option<bool> {

@@ -34,11 +34,16 @@ impl Node {
     /// A node at the `redis://` or `rediss://` `url`, named `addr`, reached as `reach` says.
     pub fn new(addr: &str, url: &str, reach: &Reach) -> Result<Node, RedisError> {
         let connector = Arc::new(Connector::new(url, reach.timeout, reach.tls.as_ref())?);
-        Ok(Node {
+        Ok(Node::with(addr, connector, reach))
+    }
+
+    /// A node named `addr` that `connector` reaches (the master Sentinel names).
+    pub fn with(addr: &str, connector: Arc<Connector>, reach: &Reach) -> Node {
+        Node {
             addr: addr.to_owned(),
             pool: Pool::new(Arc::clone(&connector), reach.pool_size, reach.timeout),
             connector,
-        })
+        }
     }
 }
 

@@ -94,8 +94,8 @@ impl ClusterStore {
 
     /// Starts the `redis-cluster` thread, which keeps the slot map and a `redis-ssubscribe`
     /// thread per master, handing this instance's watched users' pings to `hub`.
-    pub fn start_feed(&self, hub: Arc<Hub>, cached: CachedReads) -> std::io::Result<Worker> {
-        ClusterFeed {
+    pub fn start_feed(&self, hub: Arc<Hub>, cached: CachedReads) -> std::io::Result<Vec<Worker>> {
+        let feed = ClusterFeed {
             context: Arc::new(Context {
                 topology: Arc::clone(&self.topology),
                 keys: self.keys.clone(),
@@ -106,8 +106,8 @@ impl ClusterStore {
             }),
             states: Arc::clone(&self.feeds),
             wake: self.wake.clone(),
-        }
-        .spawn()
+        };
+        Ok(vec![feed.spawn()?])
     }
 
     /// Reads `read` of `users`, all on `node`, in one round trip: each user's result, or

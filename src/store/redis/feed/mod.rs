@@ -49,6 +49,14 @@ impl FeedState {
         self.lost.lock().clone()
     }
 
+    /// Ends the feed's connection, if it has one: it reconnects (to the connector's target
+    /// now) and resubscribes.
+    pub fn reconnect(&self) {
+        if let Some(socket) = &*self.socket.lock() {
+            let _ = socket.shutdown(Shutdown::Both);
+        }
+    }
+
     /// Records the new state; returns the old one.
     fn set(&self, up: bool) -> bool {
         self.up.swap(up, Ordering::Relaxed)
