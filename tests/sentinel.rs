@@ -2,7 +2,7 @@
 //! instances. The master is killed: pings are a fast `503` until the replica is promoted, then
 //! `200`; every subscriber on both instances gets what was pinged once the new master took
 //! over, and both instances live on; `/healthz` names the master in use. The same again with
-//! passwords on the sentinels and on the master.
+//! passwords on the sentinels and on the master, and again over TLS (`sentinels://`).
 
 mod support;
 
@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use support::sentinel::{MASTER, Sentinels};
-use support::{Heartbeat, Sse, SseItem};
+use support::{Heartbeat, Pki, Sse, SseItem};
 
 /// `/healthz`'s `master`.
 fn master_of(heartbeat: &Heartbeat) -> serde_json::Value {
@@ -35,8 +35,10 @@ fn receives(sse: &mut Sse, status: &str, within: Duration) -> bool {
 
 /// Kills the master under two instances and checks what the module says; returns the time
 /// from the kill to the first ping answered `200`.
-fn fails_over(password: Option<&str>) -> Duration {
-    let mut set = Sentinels::start(password);
+fn fails_over(password: Option<&str>, tls: bool) -> Duration {
+    let pki = tls.then(Pki::new);
+    let mut set = Sentinels::start(password, pki.as_ref());
+    let scheme = if tls { "sentinels" } else { "sentinel" };
     let url = match password {
         // The master's own user and password, in the URL; the sentinels' in SENTINEL_PASSWORD.
         Some(_) => {
@@ -51,13 +53,17 @@ fn fails_over(password: Option<&str>) -> Duration {
                         .arg(&rule),
                 );
             }
-            format!("sentinel://hb:master-pw@{}/{MASTER}", set.hosts())
+            format!("{scheme}://hb:master-pw@{}/{MASTER}", set.hosts())
         }
-        None => format!("sentinel://{}/{MASTER}", set.hosts()),
+        None => format!("{scheme}://{}/{MASTER}", set.hosts()),
     };
+    let ca = pki.as_ref().map(|pki| pki.file("ca.crt"));
     let mut env = vec![("REDIS", url.as_str()), ("REDIS_TIMEOUT_MS", "500")];
     if let Some(password) = password {
         env.push(("SENTINEL_PASSWORD", password));
+    }
+    if let Some(ca) = &ca {
+        env.push(("REDIS_CA_FILE", ca));
     }
     let instances = [Heartbeat::start_with(&env), Heartbeat::start_with(&env)];
     let first = format!("127.0.0.1:{}", set.servers[0].port);
@@ -133,10 +139,15 @@ fn fails_over(password: Option<&str>) -> Duration {
 
 #[test]
 fn a_failover_is_followed_by_both_instances_and_no_ping_is_lost() {
-    fails_over(None);
+    fails_over(None, false);
 }
 
 #[test]
 fn a_failover_is_followed_with_passwords_on_the_sentinels_and_the_master() {
-    fails_over(Some("sentinel-pw"));
+    fails_over(Some("sentinel-pw"), false);
+}
+
+#[test]
+fn a_failover_is_followed_over_tls_to_the_sentinels_and_the_servers() {
+    fails_over(Some("sentinel-pw"), true);
 }

@@ -6,6 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use super::redis::{ADMIN, ADMIN_PASSWORD, Redis, free_port};
+use super::tls::Pki;
 use super::{TempDir, wait_until};
 
 /// The name the sentinels know the master by.
@@ -32,26 +33,30 @@ pub struct Sentinels {
     pub sentinels: Vec<SentinelProcess>,
     /// The sentinels' password, if they have one.
     pub password: Option<String>,
+    /// How the test reaches TLS-only sentinels.
+    tls: Option<redis::TlsCertificates>,
 }
 
 impl Sentinels {
-    pub fn start(password: Option<&str>) -> Sentinels {
+    /// Everything TLS-only, with `pki`'s certificates, if there is one.
+    pub fn start(password: Option<&str>, pki: Option<&Pki>) -> Sentinels {
         let mode = "sentinel://:1/m";
-        let master = start_server(&[], mode);
+        let master = start_server(&[], mode, pki);
         let replicaof = format!("127.0.0.1 {}", master.port);
-        let replica = start_server(&["--replicaof", &replicaof], mode);
+        let replica = start_server(&["--replicaof", &replicaof], mode, pki);
         let synced = wait_until(Duration::from_secs(10), || {
             let info: String = replica.query(redis::cmd("INFO").arg("replication"));
             info.contains("master_link_status:up")
         });
         assert!(synced.is_ok(), "the replica did not sync");
         let sentinels: Vec<SentinelProcess> = (0..3)
-            .map(|_| start_sentinel(master.port, password))
+            .map(|_| start_sentinel(master.port, password, pki))
             .collect();
         let set = Sentinels {
             servers: vec![master, replica],
             sentinels,
             password: password.map(str::to_owned),
+            tls: pki.map(Pki::client_certificates),
         };
         // Each sentinel knows the replica and the two other sentinels: a failover can run.
         let ready = wait_until(Duration::from_secs(20), || {
@@ -81,7 +86,13 @@ impl Sentinels {
             .as_deref()
             .map(|p| format!(":{p}@"))
             .unwrap_or_default();
-        let client = redis::Client::open(format!("redis://{auth}127.0.0.1:{port}")).ok()?;
+        let client = match &self.tls {
+            Some(tls) => {
+                let url = format!("rediss://{auth}localhost:{port}");
+                redis::Client::build_with_tls(url, tls.clone()).ok()?
+            }
+            None => redis::Client::open(format!("redis://{auth}127.0.0.1:{port}")).ok()?,
+        };
         let mut con = client
             .get_connection_with_timeout(Duration::from_secs(1))
             .ok()?;
@@ -110,21 +121,39 @@ impl Sentinels {
     }
 }
 
-fn start_server(args: &[&str], mode: &str) -> Redis {
+fn start_server(args: &[&str], mode: &str, pki: Option<&Pki>) -> Redis {
     for _ in 0..20 {
-        if let Some(redis) = Redis::try_start_as(free_port(), args, None, mode) {
+        let port = free_port();
+        let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        if let Some(pki) = pki {
+            all.extend(pki.server_args(port, "server", false));
+            all.extend(["--tls-replication".into(), "yes".into()]);
+        }
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        let tls = pki.map(Pki::client_certificates);
+        if let Some(redis) = Redis::try_start_as(port, &all, tls, mode) {
             return redis;
         }
     }
     panic!("could not start a redis-server for sentinel after 20 tries");
 }
 
-fn start_sentinel(master_port: u16, password: Option<&str>) -> SentinelProcess {
+fn start_sentinel(master_port: u16, password: Option<&str>, pki: Option<&Pki>) -> SentinelProcess {
     for _ in 0..20 {
         let port = free_port();
         let dir = TempDir::new("sentinel");
+        let listen = match pki {
+            Some(pki) => format!(
+                "port 0\ntls-port {port}\ntls-cert-file {}\ntls-key-file {}\n\
+                 tls-ca-cert-file {}\ntls-auth-clients no\ntls-replication yes\n",
+                pki.file("server.crt"),
+                pki.file("server.key"),
+                pki.file("ca.crt")
+            ),
+            None => format!("port {port}\n"),
+        };
         let mut conf = format!(
-            "port {port}\nbind 127.0.0.1\ndir {dir}\nsentinel resolve-hostnames no\n\
+            "{listen}bind 127.0.0.1\ndir {dir}\nsentinel resolve-hostnames no\n\
              sentinel monitor {MASTER} 127.0.0.1 {master_port} 2\n\
              sentinel down-after-milliseconds {MASTER} 1000\n\
              sentinel failover-timeout {MASTER} 10000\n\
