@@ -1,4 +1,4 @@
-//! The files of TLS to Redis: `REDIS_CA_FILE` (the CA to trust instead of the built-in public
+//! The files of TLS to Redis: `REDIS_CA_FILE` (CAs to trust besides the built-in public
 //! roots) and `REDIS_CLIENT_CERT_FILE` with `REDIS_CLIENT_KEY_FILE` (a certificate to show, for
 //! mutual TLS). Read at start; what they hold is checked when the store is made.
 

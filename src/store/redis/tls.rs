@@ -2,9 +2,9 @@
 //! to show, for the redis crate's connections and for the feeds' own ([`Wire`]).
 //!
 //! The server's certificate is checked against the webpki roots built into the binary (a
-//! `scratch` image has no CA store), or against `REDIS_CA_FILE` instead, and must name the host
-//! heartbeat connects to; nothing turns that check off. Both kinds of connection use rustls
-//! with the same roots and client certificate.
+//! `scratch` image has no CA store), and the CAs of `REDIS_CA_FILE` besides, and must name the
+//! host heartbeat connects to; nothing turns that check off. Both kinds of connection use
+//! rustls with the same roots and client certificate.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -26,7 +26,8 @@ impl std::fmt::Debug for Tls {
 
 /// How heartbeat speaks TLS to Redis.
 pub struct Tls {
-    /// For the redis crate's connections: `None` keeps the crate's built-in webpki roots.
+    /// For the redis crate's connections: `None` keeps the crate's built-in webpki roots;
+    /// with a CA file, the same roots as whole certificates and the file's, as PEM.
     certificates: Option<TlsCertificates>,
     /// For the feeds' connections: the same roots and client certificate.
     config: Arc<ClientConfig>,
@@ -36,6 +37,8 @@ impl Tls {
     /// Reads the PEM files `files` holds; an error says which file and why.
     pub fn new(files: &RedisTls) -> Result<Tls, String> {
         let mut roots = RootCertStore::empty();
+        // With a CA file: the built-in roots and the file's CAs, also as PEM for the crate.
+        let mut root_pem = None;
         match &files.ca {
             Some((path, pem)) => {
                 let certs = CertificateDer::pem_slice_iter(pem)
@@ -44,11 +47,16 @@ impl Tls {
                 if certs.is_empty() {
                     return Err(format!("REDIS_CA_FILE {path}: holds no certificate"));
                 }
+                let built_in = webpki_root_certs::TLS_SERVER_ROOT_CERTS;
+                roots.add_parsable_certificates(built_in.iter().cloned());
                 for cert in certs {
                     roots
                         .add(cert)
                         .map_err(|e| format!("REDIS_CA_FILE {path}: not a CA certificate: {e}"))?;
                 }
+                let mut all: Vec<u8> = built_in.iter().flat_map(|c| to_pem(c)).collect();
+                all.extend_from_slice(pem);
+                root_pem = Some(all);
             }
             None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
         }
@@ -80,7 +88,7 @@ impl Tls {
                         client_key: key.clone(),
                     }
                 }),
-                root_cert: files.ca.as_ref().map(|(_, pem)| pem.clone()),
+                root_cert: root_pem,
             });
         Ok(Tls {
             certificates,
@@ -115,6 +123,31 @@ impl Tls {
             tls: Some(Arc::new(Mutex::new(tls))),
         })
     }
+}
+
+/// `cert` as a PEM block.
+fn to_pem(cert: &CertificateDer<'_>) -> Vec<u8> {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut base64 = Vec::with_capacity(cert.len() * 4 / 3 + 4);
+    for chunk in cert.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..4 {
+            base64.push(match i <= chunk.len() {
+                true => ALPHABET[(n >> (18 - 6 * i) & 63) as usize],
+                false => b'=',
+            });
+        }
+    }
+    let mut pem = b"-----BEGIN CERTIFICATE-----\n".to_vec();
+    for line in base64.chunks(64) {
+        pem.extend_from_slice(line);
+        pem.push(b'\n');
+    }
+    pem.extend_from_slice(b"-----END CERTIFICATE-----\n");
+    pem
 }
 
 /// A feed's connection to Redis, plain or TLS: read by the feed's thread while other threads
@@ -235,6 +268,24 @@ mod tests {
     /// As rustls's `StreamOwned` and `complete_io` report a TLS error.
     fn as_io(error: rustls::Error) -> RedisError {
         io::Error::new(io::ErrorKind::InvalidData, error).into()
+    }
+
+    #[test]
+    fn a_ca_file_is_added_to_the_built_in_roots() {
+        let built_in = webpki_root_certs::TLS_SERVER_ROOT_CERTS;
+        let first = to_pem(&built_in[0]);
+        let again: Vec<CertificateDer> = CertificateDer::pem_slice_iter(&first)
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(again, [built_in[0].clone()], "PEM round trip");
+        let files = RedisTls {
+            ca: Some(("ca.pem".into(), first)),
+            client: None,
+        };
+        let tls = Tls::new(&files).unwrap();
+        let pem = tls.certificates.unwrap().root_cert.unwrap();
+        let count = CertificateDer::pem_slice_iter(&pem).count();
+        assert_eq!(count, built_in.len() + 1);
     }
 
     #[test]
