@@ -51,12 +51,17 @@ pub struct SentinelConfig {
 impl SentinelConfig {
     /// The URL of the master at `addr` (a placeholder until Sentinel names it).
     pub fn master_url(&self, addr: &str) -> String {
-        ClusterSeeds {
-            seeds: Vec::new(),
-            userinfo: self.userinfo.clone(),
-            tls: self.tls,
-        }
-        .url(addr)
+        node_url(self.tls, self.userinfo.as_deref(), addr)
+    }
+}
+
+/// The `redis://` (or, with `tls`, `rediss://`) URL of the server at `addr` (`host:port`), with
+/// `userinfo` (`user:pass`, as a URL spells it) if there is one.
+pub fn node_url(tls: bool, userinfo: Option<&str>, addr: &str) -> String {
+    let scheme = if tls { "rediss" } else { "redis" };
+    match userinfo {
+        Some(userinfo) => format!("{scheme}://{userinfo}@{addr}"),
+        None => format!("{scheme}://{addr}"),
     }
 }
 
@@ -88,11 +93,7 @@ impl ClusterSeeds {
     /// The `redis://` (or `rediss://`) URL of the node at `addr` (`host:port`), with the
     /// cluster's credentials.
     pub fn url(&self, addr: &str) -> String {
-        let scheme = if self.tls { "rediss" } else { "redis" };
-        match &self.userinfo {
-            Some(userinfo) => format!("{scheme}://{userinfo}@{addr}"),
-            None => format!("{scheme}://{addr}"),
-        }
+        node_url(self.tls, self.userinfo.as_deref(), addr)
     }
 }
 

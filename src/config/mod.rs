@@ -18,7 +18,7 @@ use crate::presence::Rules;
 
 pub use self::access::{Cors, TrustedProxies, WatchPolicy};
 use self::access::{parse_cors, parse_trusted, read_watching};
-pub use self::address::{ClusterSeeds, Listen, SentinelConfig, StoreConfig, host_port};
+pub use self::address::{ClusterSeeds, Listen, SentinelConfig, StoreConfig, host_port, node_url};
 use self::address::{LISTEN_EXPECTED, parse_listen, read_store};
 pub use self::tls::RedisTls;
 use self::tls::read_tls;

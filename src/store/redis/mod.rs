@@ -151,8 +151,8 @@ impl RedisStore {
         Ok((store, worker))
     }
 
-    /// One `PING` on a connection of its own: at start, to tell a refused certificate (which
-    /// stops the start) from a Redis not up yet.
+    /// One `PING` on a pooled connection: the health check's, and at start, over TLS, what
+    /// tells a refused certificate (which stops the start) from a Redis not up yet.
     pub fn probe(&self) -> Result<(), StoreError> {
         self.with(|con| redis::cmd("PING").query::<String>(con))
             .map(drop)
@@ -275,11 +275,11 @@ impl Store for RedisStore {
             return Err(Unhealthy::FeedDown(self.feed.lost()));
         }
         let began = Instant::now();
-        let pong = self.with(|con| redis::cmd("PING").query::<String>(con));
+        let pong = self.probe();
         self.metrics
             .redis_call(RedisCall::Health)
             .observe(began.elapsed());
-        pong.map(drop).map_err(Unhealthy::Unreachable)
+        pong.map_err(Unhealthy::Unreachable)
     }
 
     fn master(&self) -> Option<Option<String>> {

@@ -45,20 +45,18 @@ impl Sentinels {
         timeout: Duration,
         tls: Option<&Arc<Tls>>,
     ) -> Result<Sentinels, RedisError> {
-        let scheme = if config.tls { "rediss" } else { "redis" };
-        let userinfo = match &config.auth {
-            None => String::new(),
-            Some((user, password)) => format!(
-                "{}:{}@",
+        let userinfo = config.auth.as_ref().map(|(user, password)| {
+            format!(
+                "{}:{}",
                 encode(user.as_deref().unwrap_or("")),
                 encode(password)
-            ),
-        };
+            )
+        });
         let sentinels = config
             .sentinels
             .iter()
             .map(|addr| {
-                let url = format!("{scheme}://{userinfo}{addr}");
+                let url = crate::config::node_url(config.tls, userinfo.as_deref(), addr);
                 Ok((addr.clone(), Connector::new(&url, timeout, tls)?))
             })
             .collect::<Result<_, RedisError>>()?;

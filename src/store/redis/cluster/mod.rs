@@ -260,14 +260,14 @@ impl Store for ClusterStore {
             let pong = node
                 .pool
                 .with(|con| redis::cmd("PING").query::<String>(con));
-            let feed_up = self.feeds.read().get(&node.addr).is_some_and(|f| f.is_up());
-            match (pong, feed_up) {
+            let feed = self.feeds.read().get(&node.addr).cloned();
+            match (pong, feed.as_ref().filter(|f| f.is_up())) {
                 (Err(e), _) => problems.push(ShardProblem::Failing(node.addr.clone(), e)),
-                (Ok(_), false) => {
-                    let lost = self.feeds.read().get(&node.addr).and_then(|f| f.lost());
+                (Ok(_), None) => {
+                    let lost = feed.and_then(|f| f.lost());
                     problems.push(ShardProblem::FeedDown(node.addr.clone(), lost))
                 }
-                (Ok(_), true) => {}
+                (Ok(_), Some(_)) => {}
             }
         }
         self.metrics
