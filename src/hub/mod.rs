@@ -45,8 +45,9 @@ pub struct Hub {
 struct Inner {
     next_id: u64,
     /// Each watched user's subscribers and presence. Keys are shared with the subscribers'
-    /// lists.
-    users: HashMap<Arc<str>, Watched>,
+    /// lists. Each user's entry is boxed: a map slot is then 24 bytes, and the map's spare
+    /// slots (up to half of them just after it grows) carry only those, not the entry itself.
+    users: HashMap<Arc<str>, Box<Watched>>,
     expiries: Expiries,
     /// Set to end the `presence` thread.
     expiries_stopped: bool,
@@ -189,7 +190,7 @@ impl Inner {
 
 impl Hub {
     /// Bytes of what the hub knows of each watched user's presence (for its expiry), kept in
-    /// the user's entry.
+    /// the user's boxed entry.
     pub const KNOWN_BYTES: usize = std::mem::size_of::<Known>();
 
     /// A hub whose subscribers may each fall `queue` events behind.
