@@ -3,11 +3,18 @@
 #   scripts/bench.sh           the full run (a few minutes): 10,000 and 15,000 streams, and
 #                              plots of the 10,000-stream run's delivery latency (gnuplot)
 #   scripts/bench.sh --quick   a CI-sized run (a few hundred streams, a few seconds)
+#   scripts/bench.sh --peer nchan [ROUNDS]   heartbeat and nchan side by side (bench-peer.sh)
+#   scripts/bench.sh --curve [STREAMS...]    1,000 to 100,000 streams (bench-curve.sh)
 # Starts its own redis-server and heartbeat (release build) on free loopback ports; needs
 # redis-server, redis-benchmark and wrk (apt-get install -y redis-server redis-tools wrk).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+case "${1:-}" in
+  --peer) [ "${2:-}" = nchan ] || { echo "bench: --peer nchan is the one peer"; exit 1; }
+          exec scripts/bench-peer.sh "${@:3}" ;;
+  --curve) exec scripts/bench-curve.sh "${@:2}" ;;
+esac
 quick=false
 [ "${1:-}" = "--quick" ] && quick=true
 if $quick; then

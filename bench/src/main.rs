@@ -64,7 +64,7 @@ const USAGE: &str = "usage:
   heartbeat-bench run --addr HOST:PORT [--pid PID] [--streams N] [--users U] [--rate PINGS_PER_S]
                       [--seconds S] [--ping-connections C] [--settle S]
                       [--users-per-stream K] [--probe-users P] [--leave | --expire-secs S]
-                      [--claims] [--nonce N]
+                      [--claims] [--nonce N] [--dialect heartbeat|nchan] [--sources N]
                       [--dump FILE]
                       [--plot-data DIR]
   heartbeat-bench hello [HOST:PORT]
@@ -72,8 +72,22 @@ const USAGE: &str = "usage:
   heartbeat-bench presence-memory USERS
   heartbeat-bench record-script";
 
+/// Whose routes the load speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// `GET /subscribe/...`, `POST /ping` with the user in `X-User-Claim`.
+    Heartbeat,
+    /// nchan's (`../shared/peers/nchan-conf.sh`): `GET /sub/<user>` or
+    /// `GET /multi/<u1>,<u2>,...`, and `POST /pub/<user>` with the event's JSON as the body.
+    Nchan,
+}
+
 pub struct Options {
     pub addr: SocketAddr,
+    pub dialect: Dialect,
+    /// Client sockets are spread over the loopback source addresses 127.0.0.1 to 127.0.0.N:
+    /// one source address has only about 28,000 ephemeral ports for one server port.
+    pub sources: u8,
     pub pid: Option<u32>,
     pub streams: usize,
     pub users: usize,
@@ -109,6 +123,8 @@ impl Options {
     fn parse(args: &[String]) -> Result<Options, String> {
         let mut o = Options {
             addr: "127.0.0.1:8080".parse().unwrap(),
+            dialect: Dialect::Heartbeat,
+            sources: 1,
             pid: None,
             streams: 1000,
             users: 100,
@@ -144,6 +160,14 @@ impl Options {
                         .next()
                         .ok_or_else(|| bad(&"no address"))?
                 }
+                "--dialect" => {
+                    o.dialect = match value.as_str() {
+                        "heartbeat" => Dialect::Heartbeat,
+                        "nchan" => Dialect::Nchan,
+                        _ => return Err(bad(&"heartbeat or nchan")),
+                    }
+                }
+                "--sources" => o.sources = value.parse().map_err(|e| bad(&e))?,
                 "--pid" => o.pid = Some(value.parse().map_err(|e| bad(&e))?),
                 "--streams" => o.streams = value.parse().map_err(|e| bad(&e))?,
                 "--users" => o.users = value.parse().map_err(|e| bad(&e))?,
@@ -174,6 +198,18 @@ impl Options {
                 "--leave and --expire-secs need --users of at least --rate times \
                  --seconds: each user pings and goes offline once"
                     .into(),
+            );
+        }
+        if o.dialect == Dialect::Nchan && (offline || o.claims) {
+            return Err("--leave, --expire-secs and --claims are heartbeat's alone".into());
+        }
+        if o.dialect == Dialect::Nchan && o.users_per_stream > 255 {
+            return Err("nchan's /multi/ takes at most 255 channels".into());
+        }
+        let loopback = o.addr.is_ipv4() && o.addr.ip().is_loopback();
+        if o.sources == 0 || (o.sources > 1 && !loopback) {
+            return Err(
+                "--sources: above 0, and more than 1 only for an IPv4 loopback --addr".into(),
             );
         }
         if o.leave && o.expire_secs > 0 {

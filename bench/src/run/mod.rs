@@ -5,18 +5,15 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use mio::net::TcpStream;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Poll};
 
 use self::report::{Seen, report};
 use self::stall::{StallProbe, Stalls};
-use self::wire::{
-    LEAVE, PINGER_BASE, PROBE, Pinger, Sent, Stream, drive_stream, read_ping_replies,
-};
+use self::wire::{LEAVE, PINGER_BASE, PROBE, Sent, Stream, drive_stream, read_ping_replies};
 
 /// How long after its ping a user leaves, with --leave.
 const LEAVE_LAG: Duration = Duration::from_millis(500);
-use crate::Options;
+use crate::{Dialect, Options};
 
 mod open;
 mod report;
@@ -33,15 +30,57 @@ fn proc_usage(pid: u32) -> Option<(u64, u64)> {
     Some((field("VmRSS:")?, field("Threads:")?))
 }
 
+/// The machine's MemAvailable in KiB, from /proc/meminfo.
+fn mem_available_kib() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// CPU time (user and system, all threads) of a process in microseconds, from
+/// /proc/PID/stat, whose ticks are USER_HZ (100 a second on Linux).
+fn cpu_micros(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command's closing parenthesis; utime and stime are the 14th and
+    // 15th fields of the line, the 12th and 13th after it.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) * 10_000)
+}
+
 /// Opens the streams, sends the pings, and reports; fails if a stream was refused, a ping
-/// failed or a delivery was lost.
+/// failed or a delivery was lost. Besides the server's RSS, it reports the machine's memory
+/// per stream (MemAvailable before and after the streams opened: the server's and this
+/// load's sockets, the kernel's stacks and page tables, everything) and the server's CPU
+/// time per delivery while the pings went out.
 pub fn run(o: &Options) -> Result<(), String> {
     let mut load = Load::new(o)?;
     let before = o.pid.and_then(proc_usage);
+    let available_before = mem_available_kib();
     let opened = load.open_streams()?;
     std::thread::sleep(Duration::from_secs_f64(o.settle));
     let after = o.pid.and_then(proc_usage);
+    let available_after = mem_available_kib();
+    let cpu_before = o.pid.and_then(cpu_micros);
     let pings = load.send_pings()?;
+    let cpu = cpu_before.zip(o.pid.and_then(cpu_micros));
+    if let (Some((b, a)), n @ 1..) = (available_before.zip(available_after), opened.established) {
+        let per_stream = b.saturating_sub(a) as f64 / n as f64;
+        println!(
+            "machine: MemAvailable {b} KiB before, {a} KiB with the streams open: {per_stream:.2} KiB per stream"
+        );
+        println!("result machine_kib_per_stream={per_stream:.2}");
+    }
+    if let (Some((b, a)), n @ 1..) = (cpu, load.seen.deliveries.len()) {
+        let per_delivery = a.saturating_sub(b) as f64 / n as f64;
+        println!(
+            "server CPU: {} ms while pinging, {per_delivery:.2} us per delivery",
+            (a - b) / 1000
+        );
+        println!("result server_cpu_us_per_delivery={per_delivery:.2}");
+    }
     report(o, &opened, before.zip(after), &pings, &load.seen)
 }
 
@@ -56,6 +95,8 @@ struct Load<'a> {
     seen: Seen,
     /// Distinguishes this run's users and statuses from an earlier run's.
     nonce: u32,
+    /// Connections made, for the next one's source address.
+    connections: usize,
 }
 
 /// How the streams opened.
@@ -93,11 +134,44 @@ impl Load<'_> {
             subscribers: vec![0; o.users],
             seen: Seen::default(),
             nonce: o.nonce.unwrap_or_else(std::process::id),
+            connections: 0,
         })
     }
 
     fn user_name(&self, user: usize) -> String {
         user_name(self.nonce, user)
+    }
+
+    /// Ping number `n`, of `user`: to heartbeat a `POST /ping` as the user, to nchan the
+    /// event heartbeat would send, published to the user's channel.
+    fn ping_request(&self, user: usize, n: u64) -> String {
+        let status = format!("b{}-{n}", self.nonce);
+        let (target, claim, body) = match self.o.dialect {
+            Dialect::Heartbeat => (
+                "/ping".to_owned(),
+                format!(
+                    "X-User-Claim: {{\"userid\":\"{}\",\"clientid\":\"bench\"}}\r\n",
+                    self.user_name(user)
+                ),
+                format!(r#"{{"status":"{status}"}}"#),
+            ),
+            Dialect::Nchan => {
+                let time = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                let target = format!("/pub/{}", self.user_name(user));
+                (
+                    target,
+                    String::new(),
+                    format!(r#"{{"time":{time},"status":"{status}"}}"#),
+                )
+            }
+        };
+        format!(
+            "POST {target} HTTP/1.1\r\nHost: bench\r\n{claim}Content-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
     }
 
     /// Sends pings at a fixed rate, each to the next user, on whichever connection is free,
@@ -145,13 +219,7 @@ impl Load<'_> {
                     break;
                 };
                 let user = (next % o.users as u64) as usize;
-                let body = format!(r#"{{"status":"b{}-{next}"}}"#, self.nonce);
-                let request = format!(
-                    "POST /ping HTTP/1.1\r\nHost: bench\r\nX-User-Claim: {{\"userid\":\"{}\",\"clientid\":\"bench\"}}\r\n\
-                     Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                    self.user_name(user),
-                    body.len()
-                );
+                let request = self.ping_request(user, next);
                 let written = Instant::now();
                 if let Err(e) = pinger.socket.write_all(request.as_bytes()) {
                     return Err(format!("sending a ping: {e}"));
@@ -257,42 +325,6 @@ impl Load<'_> {
         }
         pings.stalls = stall_probe.stop();
         Ok(pings)
-    }
-
-    /// A connection to the server, registered with the event loop under `token`.
-    fn connect(&mut self, token: Token) -> Result<TcpStream, String> {
-        let mut socket = TcpStream::connect(self.o.addr).map_err(|e| format!("connect: {e}"))?;
-        let interest = Interest::READABLE | Interest::WRITABLE;
-        self.poll
-            .registry()
-            .register(&mut socket, token, interest)
-            .map_err(|e| e.to_string())?;
-        Ok(socket)
-    }
-
-    /// The probe: a stream of the first `probe_users` users, pinged early in the run, so each
-    /// has a cached ping.
-    fn open_probe(&mut self) -> Result<Stream, String> {
-        let socket = self.connect(Token(PROBE))?;
-        let mut stream = Stream::new(socket, (0..self.o.probe_users).collect());
-        stream.watcher = self.o.claims.then(|| "watcher-probe".to_owned());
-        Ok(stream)
-    }
-
-    /// The keep-alive connections pings go out on.
-    fn connect_pingers(&mut self) -> Result<Vec<Pinger>, String> {
-        let mut pingers = Vec::with_capacity(self.o.ping_connections);
-        for i in 0..self.o.ping_connections {
-            let socket = self.connect(Token(PINGER_BASE + i))?;
-            socket.set_nodelay(true).map_err(|e| e.to_string())?;
-            pingers.push(Pinger {
-                socket,
-                connected: false,
-                in_flight: None,
-                buf: Vec::new(),
-            });
-        }
-        Ok(pingers)
     }
 }
 

@@ -30,7 +30,7 @@ pub(super) fn report(
     let ping_errors = pings.errors;
     let sent = ping_latency.len() as u64 + ping_errors;
     println!(
-        "pings: {sent} sent at {}/s over {} s, {} answered 200, {ping_errors} errors, {} sends found no free connection",
+        "pings: {sent} sent at {}/s over {} s, {} answered 2xx, {ping_errors} errors, {} sends found no free connection",
         o.rate,
         o.seconds,
         ping_latency.len(),

@@ -9,6 +9,7 @@ use mio::net::TcpStream;
 
 use super::report::Seen;
 use super::user_name;
+use crate::Dialect;
 
 /// One event stream being read.
 pub(super) struct Stream {
@@ -26,12 +27,14 @@ pub(super) struct Stream {
     pub(super) offline: HashSet<u32>,
     /// The watcher it claims to be (`X-User-Claim`), for a server that needs one.
     pub(super) watcher: Option<String>,
+    dialect: Dialect,
 }
 
 impl Stream {
-    pub(super) fn new(socket: TcpStream, users: Vec<usize>) -> Stream {
+    pub(super) fn new(socket: TcpStream, users: Vec<usize>, dialect: Dialect) -> Stream {
         Stream {
             socket,
+            dialect,
             users,
             requested_at: None,
             head_done: false,
@@ -45,9 +48,14 @@ impl Stream {
 
     /// `GET` of this stream's users: the single-user route for one, the query for more.
     pub(super) fn request(&self, nonce: u32) -> String {
-        let target = match &self.users[..] {
-            [one] => format!("/subscribe/{}/client/bench", user_name(nonce, *one)),
-            many => {
+        let names = || self.users.iter().map(|u| user_name(nonce, *u));
+        let target = match (self.dialect, &self.users[..]) {
+            (Dialect::Nchan, [one]) => format!("/sub/{}", user_name(nonce, *one)),
+            (Dialect::Nchan, _) => format!("/multi/{}", names().collect::<Vec<_>>().join(",")),
+            (Dialect::Heartbeat, [one]) => {
+                format!("/subscribe/{}/client/bench", user_name(nonce, *one))
+            }
+            (Dialect::Heartbeat, many) => {
                 let users: Vec<String> = many
                     .iter()
                     .map(|u| format!("user={}", user_name(nonce, *u)))
@@ -236,7 +244,8 @@ pub(super) fn read_ping_replies(pinger: &mut Pinger) -> Result<Vec<(bool, u32, b
         if pinger.buf.len() < end + 4 + length {
             break;
         }
-        let ok = head.starts_with("http/1.1 200");
+        // heartbeat answers 200; nchan's publisher 201 (or 202 with no subscriber).
+        let ok = head.starts_with("http/1.1 20");
         pinger.buf.drain(..end + 4 + length);
         if let Some((number, written)) = pinger.in_flight.take() {
             let leave = number & LEAVE != 0;
