@@ -65,6 +65,7 @@ const USAGE: &str = "usage:
                       [--seconds S] [--ping-connections C] [--settle S]
                       [--users-per-stream K] [--probe-users P] [--leave | --expire-secs S]
                       [--claims] [--nonce N] [--dialect heartbeat|nchan] [--sources N]
+                      [--terminate]
                       [--dump FILE]
                       [--plot-data DIR]
   heartbeat-bench hello [HOST:PORT]
@@ -117,6 +118,9 @@ pub struct Options {
     /// The run's users are `bench<nonce>-<n>`; by default the nonce is this process's id, and
     /// a script that must prepare the users (their contact sets) sets it.
     pub nonce: Option<u32>,
+    /// After the pings, send SIGTERM to `--pid` with the streams open, and time how long
+    /// until they have all closed and the process has exited.
+    pub terminate: bool,
 }
 
 impl Options {
@@ -140,12 +144,14 @@ impl Options {
             plot_data: None,
             claims: false,
             nonce: None,
+            terminate: false,
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
-            if flag == "--leave" || flag == "--claims" {
+            if ["--leave", "--claims", "--terminate"].contains(&flag.as_str()) {
                 o.leave |= flag == "--leave";
                 o.claims |= flag == "--claims";
+                o.terminate |= flag == "--terminate";
                 continue;
             }
             let value = it

@@ -104,7 +104,11 @@ pub enum WaitError {
 
 impl Drop for Subscriber {
     fn drop(&mut self) {
-        self.slot.ended.store(LEFT, Ordering::Release);
-        self.hub.inner.lock().unregister(&self.slot);
+        let was = self.slot.ended.swap(LEFT, Ordering::AcqRel);
+        // Ended by the hub's close, which let go of every registration: nothing to take out,
+        // and at shutdown every stream would otherwise queue for the hub's lock at once.
+        if was != End::Shutdown.code() {
+            self.hub.inner.lock().unregister(&self.slot);
+        }
     }
 }

@@ -123,10 +123,13 @@ impl Server {
             .name(format!("http-{n}"))
             .stack_size(STACK_SIZE)
             .spawn(move || {
-                let _held = Held(&shared.metrics.connections);
-                if let Some(stream) = theirs.lock().take() {
-                    connection::serve(stream, &shared);
+                {
+                    let _held = Held(&shared.metrics.connections);
+                    if let Some(stream) = theirs.lock().take() {
+                        connection::serve(stream, &shared);
+                    }
                 }
+                shared.streams.linger();
             });
         if let Err(e) = spawned {
             log::warn!("cannot start a connection thread: {e}");

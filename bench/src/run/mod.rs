@@ -18,6 +18,7 @@ use crate::{Dialect, Options};
 mod open;
 mod report;
 mod stall;
+mod terminate;
 mod wire;
 
 /// RSS in KiB and thread count of a process, from /proc.
@@ -81,7 +82,25 @@ pub fn run(o: &Options) -> Result<(), String> {
         );
         println!("result server_cpu_us_per_delivery={per_delivery:.2}");
     }
-    report(o, &opened, before.zip(after), &pings, &load.seen)
+    let result = report(o, &opened, before.zip(after), &pings, &load.seen);
+    if let (true, Some(pid)) = (o.terminate, o.pid) {
+        let done = load.terminate(pid)?;
+        let ms = |d: Option<Duration>| d.map_or(-1.0, |d| d.as_secs_f64() * 1000.0);
+        println!(
+            "SIGTERM: {} of {} streams closed, the last {:.0} ms after it; the process exited after {:.0} ms",
+            done.closed,
+            opened.established,
+            ms(done.last_closed),
+            ms(done.exited)
+        );
+        println!("result term_closed={}", done.closed);
+        println!("result term_last_closed_ms={:.0}", ms(done.last_closed));
+        println!("result term_exited_ms={:.0}", ms(done.exited));
+        if done.closed < opened.established || done.exited.is_none() {
+            return Err("SIGTERM did not end every stream and the process within 20 s".into());
+        }
+    }
+    result
 }
 
 /// The event loop, its streams, and what they have seen.
