@@ -40,7 +40,8 @@ raise() { # raise NAME AT_LEAST
   now=$(sysctl -n "$1")
   [ "$now" -ge "$2" ] && return
   if sysctl -q -w "$1=$2" >/dev/null 2>&1; then
-    restore+=("$1=$now")
+    # Only the value found before the first raise is put back.
+    printf '%s\n' "${restore[@]}" | grep -q "^$1=" || restore+=("$1=$now")
     echo "curve: raised $1 from $now to $2 (put back on exit)"
   else
     echo "curve: $1 is $now, below the $2 needed, and cannot be raised here (not root?)"

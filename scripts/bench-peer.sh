@@ -87,7 +87,7 @@ result() { sed -n "s/^result $1=//p" "$2" | tail -1; }
 median() {
   local f values=()
   while read -r f; do values+=("$(result "$1" "$f")"); done <"$work/runs-$2-$3-$4"
-  printf '%s\n' "${values[@]}" | grep . | sort -g | awk '{v[NR] = $1} END {if (NR) print v[int((NR + 1) / 2)]; else print "-"}'
+  printf '%s\n' "${values[@]}" | { grep . || true; } | sort -g | awk '{v[NR] = $1} END {if (NR) print v[int((NR + 1) / 2)]; else print "-"}'
 }
 all() {
   local f values=()
